@@ -1,0 +1,251 @@
+"""The heatmap YAML config: CLAM's sections and keys, CLAM's defaults, validated by pydantic.
+
+Each section of a CLAM ``create_heatmaps.py`` config (``heatmaps/configs/config_template.yaml`` of
+mahmoodlab/CLAM) maps 1:1 onto a pydantic model with ``extra="forbid"``: a misspelt key fails
+with its ``section.key`` and the closest valid key, a wrong type with the value and the expected
+type. Keys we add beyond CLAM's are marked "(wsi-heatmaps)" in their description.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from wsi_core.errors import ConfigError
+
+__all__ = [
+    "HeatmapConfig", "ExpArguments", "DataArguments", "PatchingArguments", "EncoderArguments",
+    "ModelArguments", "HeatmapArguments", "SampleSpec", "SampleArguments",
+    "load_config", "parse_config", "apply_overrides", "config_to_dict",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExpArguments(_Section):
+    n_classes: int = Field(2, ge=1, description="number of classes of the MIL model")
+    save_exp_code: str = Field("HEATMAP_OUTPUT", description="name tag of this experiment; outputs go to <save_dir>/<save_exp_code>/")
+    raw_save_dir: str = Field("heatmaps/heatmap_raw_results", description="raw assets: features, blockmap and overlap H5, masks")
+    production_save_dir: str = Field("heatmaps/heatmap_production_results", description="final heatmaps, orig images, sampled patches")
+    batch_size: int = Field(256, ge=1, description="patches per encoder / model batch")
+    results_dir: str = Field("heatmaps/results", description="(wsi-heatmaps) where the results CSV <process_list stem>.csv is written, as CLAM does")
+    num_workers: int = Field(2, ge=0, description="(wsi-heatmaps) parallel patch-reading workers feeding the encoder")
+
+
+class DataArguments(_Section):
+    data_dir: Union[str, list[str], dict[str, str], None] = Field(
+        None, description="slide directory: a path, a list of paths, or a dict cohort -> path selected by the data_dir_key column")
+    data_dir_key: str = Field("source", description="process-list column naming the cohort when data_dir is a dict")
+    process_list: str | None = Field(None, description="process-list CSV (bare names are also looked up in heatmaps/process_lists/); null = every slide in data_dir")
+    preset: str | None = Field(None, description="one-row CSV of segmentation/patching parameters (CLAM presets/*.csv)")
+    slide_ext: str = Field(".svs", description="slide file extension, appended to slide_id when missing")
+    label_dict: dict[str, int] = Field(default_factory=dict, description="class name -> class index")
+    features_dir: str | None = Field(None, description="(wsi-heatmaps) directory of pre-extracted {slide_id}.h5 / {slide_id}.pt (CLAM or TRIDENT) features to use instead of extracting")
+
+    @field_validator("slide_ext")
+    @classmethod
+    def _dot(cls, v: str) -> str:
+        return v if v.startswith(".") or v == "" else "." + v
+
+
+class PatchingArguments(_Section):
+    patch_size: int = Field(256, ge=16, description="patch side at patch_level, px")
+    overlap: float = Field(0.5, ge=0.0, lt=1.0, description="overlap of the fine (second) pass, 0 <= overlap < 1; step = int(patch_size * (1 - overlap))")
+    patch_level: int = Field(0, ge=0, description="pyramid level the patches are read at")
+    custom_downsample: int = Field(1, ge=1, description="read patches of patch_size * custom_downsample and resize (CLAM)")
+
+
+class EncoderArguments(_Section):
+    model_name: str = Field("resnet50_trunc", description="patch encoder (resnet50_trunc)")
+    target_img_size: int = Field(224, description="patches are resized to this size before the encoder (<= 0: no resize)")
+    weights_path: str | None = Field(None, description="(wsi-heatmaps) local encoder weights (.pth/.safetensors); else $<NAME>_CKPT_PATH, else the timm hub")
+
+
+class ModelArguments(_Section):
+    ckpt_path: str = Field(..., description="MIL checkpoint (CLAM state dict)")
+    model_type: str = Field("clam_sb", description="clam_sb | clam_mb | abmil")
+    initiate_fn: Literal["initiate_model"] = Field("initiate_model", description="CLAM's model factory; only initiate_model exists")
+    model_size: Literal["small", "big"] | None = Field("small", description="CLAM size: small [D,512,256] or big [D,512,384]")
+    drop_out: float = Field(0.0, ge=0.0, le=1.0, description="dropout of the model (inactive at inference; true = 0.25 as CLAM)")
+    embed_dim: int = Field(1024, ge=1, description="feature dimension the checkpoint expects")
+    n_classes: int | None = Field(None, description="copied from exp_arguments when absent (CLAM)")
+
+    @field_validator("drop_out", mode="before")
+    @classmethod
+    def _bool_dropout(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return 0.25 if v else 0.0
+        return v
+
+
+class HeatmapArguments(_Section):
+    vis_level: int = Field(1, ge=-1, description="pyramid level the heatmap is drawn at (-1: best level for downsample 32)")
+    alpha: float = Field(0.4, ge=0.0, le=1.0, description="heatmap opacity over the slide (0: slide only, 1: heatmap only)")
+    blank_canvas: bool = Field(False, description="draw on white instead of the slide")
+    save_orig: bool = Field(True, description="also save the slide at vis_level as {slide_id}_orig_{vis_level}.{ext}")
+    save_ext: Literal["jpg", "png", "tiff", "tif"] = Field("jpg", description="image format of the heatmap and orig image")
+    use_ref_scores: bool = Field(True, description="fine-pass percentiles against the blockmap scores (else rank percentiles of the fine pass)")
+    blur: bool = Field(False, description="Gaussian blur of the score map and of the coloured image")
+    use_center_shift: bool = Field(True, description="CLAM's overlap-dependent centre shift of the four-point tissue test")
+    use_roi: bool = Field(False, description="restrict the fine pass and the heatmap to the process list's x1,y1,x2,y2 (level-0 px)")
+    calc_heatmap: bool = Field(True, description="run the fine pass; false renders an existing {slide_id}_{overlap}_roi_{use_roi}.h5")
+    binarize: bool = Field(False, description="colour patches above binary_thresh uniformly")
+    binary_thresh: float = Field(-1.0, description="binarisation threshold in [0, 1]; -1 = 1/N")
+    custom_downsample: int = Field(1, ge=1, description="shrink the final image by this factor")
+    cmap: str = Field("jet", description="any matplotlib colormap name")
+
+    @field_validator("cmap")
+    @classmethod
+    def _known_cmap(cls, v: str) -> str:
+        import matplotlib
+
+        if v not in matplotlib.colormaps:
+            close = difflib.get_close_matches(v, list(matplotlib.colormaps), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown matplotlib colormap '{v}'{hint}")
+        return v
+
+
+class SampleSpec(_Section):
+    name: str = Field(..., description="sub-folder of sampled_patches/")
+    sample: bool = Field(True, description="whether to run this sampler")
+    seed: int = Field(1, description="random seed (range_sample)")
+    k: int = Field(15, ge=1, description="number of patches")
+    mode: Literal["topk", "reverse_topk", "range_sample"] = Field("topk", description="highest, lowest, or random within [score_start, score_end]")
+    score_start: float = Field(0.0, description="range_sample lower bound, compared with the 0-100 percentiles (as CLAM)")
+    score_end: float = Field(1.0, description="range_sample upper bound, compared with the 0-100 percentiles (as CLAM)")
+
+
+class SampleArguments(_Section):
+    samples: list[SampleSpec] = Field(default_factory=list)
+
+
+class HeatmapConfig(BaseModel):
+    """A whole config file. ``source`` is the file it came from (for messages)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    exp_arguments: ExpArguments = Field(default_factory=ExpArguments)
+    data_arguments: DataArguments = Field(default_factory=DataArguments)
+    patching_arguments: PatchingArguments = Field(default_factory=PatchingArguments)
+    encoder_arguments: EncoderArguments = Field(default_factory=EncoderArguments)
+    model_arguments: ModelArguments
+    heatmap_arguments: HeatmapArguments = Field(default_factory=HeatmapArguments)
+    sample_arguments: SampleArguments = Field(default_factory=SampleArguments)
+
+    @model_validator(mode="after")
+    def _n_classes(self) -> "HeatmapConfig":
+        if self.model_arguments.n_classes is None:
+            self.model_arguments.n_classes = self.exp_arguments.n_classes
+        return self
+
+    @property
+    def step_size(self) -> int:
+        """Fine-pass step at patch_level, px: ``int(patch_size * (1 - overlap))`` (CLAM)."""
+        p = self.patching_arguments
+        return max(1, int(p.patch_size * (1 - p.overlap)))
+
+
+_SECTIONS = {name: f.annotation for name, f in HeatmapConfig.model_fields.items()}
+
+
+def _valid_keys(loc: tuple) -> list[str]:
+    """Valid keys at a location inside the config (for 'did you mean')."""
+    model: Any = HeatmapConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        model = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _describe(err: dict, source: str) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        valid = _valid_keys(loc)
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{'.'.join(str(p) for p in loc[:-1]) + '.' if len(loc) > 1 else ''}{close[0]}'?" if close else \
+            f"valid keys: {', '.join(valid)}"
+        return f"{source}: unknown key '{dotted}'; {hint}"
+    if err["type"] == "missing":
+        return f"{source}: missing required key '{dotted}'; add it to the config"
+    value = err.get("input")
+    return f"{source}: {dotted} = {value!r} is invalid: {err['msg']}"
+
+
+def parse_config(data: dict, *, source: str = "<config>") -> HeatmapConfig:
+    """Validate a config mapping (as read from YAML).
+
+    Raises:
+        ConfigError: one line per problem, naming ``source``, the ``section.key``, the value and
+        the expected type, or the closest valid key for an unknown one.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a mapping of sections ({', '.join(_SECTIONS)}), got {type(data).__name__}")
+    try:
+        return HeatmapConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(e, source) for e in exc.errors())) from None
+
+
+def load_config(path: str | Path) -> HeatmapConfig:
+    """Read and validate a YAML config file.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or fails validation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; give a path relative to the working directory or a name in heatmaps/configs/")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_config(data or {}, source=str(path))
+
+
+def _coerce(text: str) -> Any:
+    """A command-line value as YAML would read it (numbers, booleans, null, lists)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(cfg: HeatmapConfig, overrides: list[str], *, source: str = "--set") -> HeatmapConfig:
+    """Apply ``section.key=value`` overrides and re-validate the whole config.
+
+    Raises:
+        ConfigError: malformed override, unknown key (with the closest), or invalid value.
+    """
+    data = config_to_dict(cfg)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"{source} {item!r}: expected section.key=value, e.g. heatmap_arguments.alpha=0.5")
+        section, name = parts
+        if section not in data:
+            close = difflib.get_close_matches(section, list(data), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"sections: {', '.join(data)}"
+            raise ConfigError(f"{source} {item!r}: unknown section '{section}'; {hint}")
+        data[section][name] = _coerce(value)
+    return parse_config(data, source=source)
+
+
+def config_to_dict(cfg: HeatmapConfig) -> dict:
+    """The effective config as plain YAML-able data (every key, defaults filled in)."""
+    return cfg.model_dump(mode="json")
