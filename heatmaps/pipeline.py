@@ -1,0 +1,311 @@
+"""The per-slide pipeline: tissue -> patches -> features -> attention -> blockmap -> fine pass
+-> heatmap images -> sampled patches.
+
+Each step is a plain function on plain data; :func:`process_slide` strings them together for one
+process-list row and returns the numbers for the results CSV. Errors are raised as
+``WsiHeatmapsError`` subclasses and caught at the slide boundary by :mod:`heatmaps.run`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from models import Encoder, MILModel, attention_for_class, create_encoder, extract_features, predict_bag, reuse_map
+from models.checkpoints import check_feature_dim
+from vis_utils import HeatmapStyle, reference_percentiles, render_heatmap, sample_patches, save_image
+from wsi_core.errors import ConfigError, FeatureFileError, NoTissueError
+from wsi_core.io import write_h5
+from wsi_core.patching import dense_step, patch_grid
+from wsi_core.slide import Slide, open_slide
+from wsi_core.tissue import (TissueContours, draw_segmentation, load_clam_mask_pkl, load_contours_geojson,
+                             save_contours_geojson, segment_tissue)
+
+from .config import HeatmapConfig
+from .features import FeatureBag, find_features, load_feature_bag, save_feature_bag, validate_bag
+from .outputs import SlideOutputs, slide_outputs
+from .process_list import SlideTask
+
+log = logging.getLogger("wsi_heatmaps")
+
+
+@dataclass
+class RunContext:
+    """What every slide of one config shares: the config, the model, the (lazy) encoder."""
+
+    cfg: HeatmapConfig
+    model: MILModel
+    class_names: dict[int, str]
+    device: str = "cpu"
+    force: bool = False
+    progress: bool = True
+    _encoder: Encoder | None = field(default=None, repr=False)
+    n_encoded: int = 0          # patches that went through the encoder in this run
+
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            e = self.cfg.encoder_arguments
+            self._encoder = create_encoder(e.model_name, target_img_size=e.target_img_size, weights_path=e.weights_path)
+            self._encoder.model.to(self.device)
+        return self._encoder
+
+    def encoder_attrs(self) -> dict:
+        enc, p = self.encoder(), self.cfg.patching_arguments
+        return {"encoder": enc.name, "weights_source": str(enc.weights_source), "target_img_size": self.cfg.encoder_arguments.target_img_size,
+                "patch_size": p.patch_size, "patch_level": p.patch_level}
+
+
+@dataclass
+class SlideResult:
+    """One slide's numbers for the results CSV and the summary line."""
+
+    slide_id: str
+    bag_size: int
+    probs: np.ndarray          # (C,) float32
+    pred: int
+    seconds: float = 0.0
+    skipped: bool = False
+
+    def ranked(self, names: dict[int, str]) -> list[tuple[str, float]]:
+        """(class name, probability), most probable first (CLAM's Pred_c / p_c)."""
+        order = np.argsort(-self.probs, kind="stable")
+        return [(names.get(int(c), str(int(c))), float(self.probs[c])) for c in order]
+
+
+# ---------------------------------------------------------------------------- tissue
+
+
+def load_or_segment(slide: Slide, task: SlideTask, out: SlideOutputs, *, force: bool) -> TissueContours:
+    """Tissue contours: CLAM's ``_mask.pkl`` when present in the raw dir, else our GeoJSON when it
+    was made with the same parameters, else segment and save the GeoJSON."""
+    if out.mask_pkl.is_file() and not force:
+        log.debug("%s: using CLAM contours %s", task.slide_id, out.mask_pkl)
+        return load_clam_mask_pkl(out.mask_pkl)
+    params = _seg_properties(task)
+    if out.contours_geojson.is_file() and not force:
+        contours, props = load_contours_geojson(out.contours_geojson)
+        if props.get("segmentation") == params["segmentation"]:
+            return contours
+    contours = segment_tissue(slide, task.seg_params)
+    save_contours_geojson(contours, out.contours_geojson, properties=params)
+    return contours
+
+
+def _seg_properties(task: SlideTask) -> dict:
+    s = task.seg_params
+    return {"slide_id": task.slide_id, "segmentation": {
+        "seg_level": s.seg_level, "sthresh": s.sthresh, "mthresh": s.mthresh, "close": s.close,
+        "use_otsu": bool(s.use_otsu), "keep_ids": list(s.keep_ids), "exclude_ids": list(s.exclude_ids),
+        "a_t": float(s.a_t), "a_h": float(s.a_h), "max_n_holes": s.max_n_holes}}
+
+
+# ---------------------------------------------------------------------------- features
+
+
+def grid(cfg: HeatmapConfig, slide: Slide, contours: TissueContours, *, step: int,
+         roi: tuple[int, int, int, int] | None) -> np.ndarray:
+    """Patch coords (N, 2) int64 level-0 of one pass (CLAM's tissue test, optional ROI)."""
+    p = cfg.patching_arguments
+    return patch_grid(contours, level_dimensions=slide.level_dimensions, level_downsamples=slide.level_downsamples,
+                      patch_level=p.patch_level, patch_size=p.patch_size, step_size=step,
+                      use_center_shift=cfg.heatmap_arguments.use_center_shift, roi=roi,
+                      custom_downsample=p.custom_downsample)
+
+
+def encode(ctx: RunContext, slide: Slide, coords: np.ndarray) -> np.ndarray:
+    """Features (N, D) float32 of the patches at ``coords`` with the config's encoder."""
+    p = ctx.cfg.patching_arguments
+    if len(coords) == 0:
+        return np.zeros((0, ctx.encoder().dim), np.float32)
+    feats = extract_features(slide.path, coords, patch_level=p.patch_level, patch_size=p.patch_size,
+                             encoder=ctx.encoder(), batch_size=ctx.cfg.exp_arguments.batch_size,
+                             num_workers=ctx.cfg.exp_arguments.num_workers, device=ctx.device, progress=ctx.progress)
+    ctx.n_encoded += len(coords)
+    return feats
+
+
+def first_pass_bag(ctx: RunContext, slide: Slide, task: SlideTask, contours: TissueContours,
+                   out: SlideOutputs) -> tuple[FeatureBag, bool]:
+    """The bag the model scores: pre-extracted features when provided (the training bag), else the
+    raw dir's ``{slide_id}.h5`` from an earlier run, else extracted now on the non-overlapping grid.
+    Returns the bag and whether it was made by this config's encoder (so the fine pass may reuse it)."""
+    cfg = ctx.cfg
+    provided = find_features(task.slide_id, cfg.data_arguments.features_dir, task.features_path, task.coords_path)
+    if provided is not None:
+        log.debug("%s: using pre-extracted features %s", task.slide_id, provided.source)
+        return provided, False
+    if out.features_h5.is_file() and not ctx.force:
+        bag = load_feature_bag(out.features_h5)
+        same = all(str(bag.attrs.get(k)) == str(v) for k, v in ctx.encoder_attrs().items())
+        return bag, same
+    coords = grid(cfg, slide, contours, step=cfg.patching_arguments.patch_size, roi=None)
+    if len(coords) == 0:
+        raise NoTissueError(f"slide {task.slide_id}: no {cfg.patching_arguments.patch_size}-px patch fits in the tissue; lower patch_size or the preset's a_t, or check the segmentation in {out.mask_jpg.name}")
+    bag = validate_bag(encode(ctx, slide, coords), coords, source=f"slide {task.slide_id} (extracted)")
+    save_feature_bag(bag, out.features_h5, out.features_pt, attrs=ctx.encoder_attrs())
+    return bag, True
+
+
+def fine_pass_features(ctx: RunContext, slide: Slide, coords: np.ndarray, bag: FeatureBag,
+                       reusable: bool) -> np.ndarray:
+    """Features of the fine-pass patches; those that coincide with first-pass patches reuse the
+    first-pass features instead of being encoded again."""
+    feats = np.empty((len(coords), bag.features.shape[1]), np.float32)
+    todo = np.ones(len(coords), bool)
+    if reusable and len(coords):
+        idx_new, idx_old = reuse_map(coords, bag.coords)
+        feats[idx_new] = bag.features[idx_old]
+        todo[idx_new] = False
+        log.debug("fine pass: %d of %d patches reuse first-pass features", len(idx_new), len(coords))
+    if todo.any():
+        feats[todo] = encode(ctx, slide, coords[todo])
+    return feats
+
+
+# ---------------------------------------------------------------------------- scores
+
+
+def vis_patch_size(cfg: HeatmapConfig, slide: Slide) -> tuple[int, int]:
+    """Patch footprint in level-0 px: patch_size * level downsample * custom_downsample (CLAM)."""
+    p = cfg.patching_arguments
+    dx, dy = slide.level_downsamples[p.patch_level]
+    return int(p.patch_size * dx * p.custom_downsample), int(p.patch_size * dy * p.custom_downsample)
+
+
+def write_scores(path: Path, scores: np.ndarray, coords: np.ndarray, attrs: dict | None = None) -> None:
+    """CLAM's score H5: ``attention_scores`` float32 (N, 1), ``coords`` int64 (N, 2)."""
+    write_h5(path, {"attention_scores": np.asarray(scores, np.float32).reshape(-1, 1), "coords": np.asarray(coords, np.int64)},
+             attrs={"/": attrs} if attrs else None)
+
+
+def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(scores (N,) float32, coords (N, 2) int64, file attributes) of a blockmap / overlap H5."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f["attention_scores"][:].reshape(-1), f["coords"][:].astype(np.int64), dict(f.attrs)
+    except (OSError, KeyError) as exc:
+        raise FeatureFileError(f"{path}: not a score file with 'attention_scores' and 'coords' ({exc})") from None
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def style(cfg: HeatmapConfig, *, final: bool) -> HeatmapStyle:
+    h = cfg.heatmap_arguments
+    if not final:   # CLAM's blockmap preview: plain percentiles, no blur/binarize/blank canvas
+        return HeatmapStyle(cmap=h.cmap, alpha=h.alpha)
+    return HeatmapStyle(cmap=h.cmap, alpha=h.alpha, blur=h.blur, overlap=cfg.patching_arguments.overlap,
+                        binarize=h.binarize, binary_thresh=h.binary_thresh, blank_canvas=h.blank_canvas,
+                        custom_downsample=h.custom_downsample)
+
+
+def save_samples(ctx: RunContext, slide: Slide, task: SlideTask, out: SlideOutputs, scores: np.ndarray,
+                 coords: np.ndarray, pred: int) -> int:
+    """Top-k / bottom-k / range samples of the blockmap as PNG patches; returns how many."""
+    p = ctx.cfg.patching_arguments
+    n = 0
+    for spec in ctx.cfg.sample_arguments.samples:
+        if not spec.sample:
+            continue
+        idx, pct = sample_patches(scores, coords, k=spec.k, mode=spec.mode, seed=spec.seed,
+                                  score_start=spec.score_start, score_end=spec.score_end)
+        for rank, (i, q) in enumerate(zip(idx, pct)):
+            x, y = (int(v) for v in coords[i])
+            patch = slide.read_region((x, y), p.patch_level, (p.patch_size, p.patch_size))
+            save_image(patch, out.sample_png(task.label, pred, spec.name, rank, x, y, float(q)))
+            n += 1
+    return n
+
+
+def outputs_complete(cfg: HeatmapConfig, out: SlideOutputs, orig_level: int) -> bool:
+    h = cfg.heatmap_arguments
+    need = [out.blockmap_h5, out.heatmap(cfg)]
+    if h.save_orig:
+        need.append(out.orig(orig_level, h.save_ext))
+    return all(p.is_file() for p in need)
+
+
+# ---------------------------------------------------------------------------- the slide
+
+
+def process_slide(ctx: RunContext, task: SlideTask) -> SlideResult:
+    """Run every step for one slide and write its outputs (each file atomically).
+
+    Raises:
+        WsiHeatmapsError: any bad input of this slide (the run loop records it and goes on).
+    """
+    t0 = time.perf_counter()
+    cfg, h = ctx.cfg, ctx.cfg.heatmap_arguments
+    out = slide_outputs(cfg, task.slide_id, task.grouping)
+    with open_slide(task.slide_path) as slide:
+        seg_vis_level = task.vis_level if task.vis_level >= 0 else slide.best_level_for_downsample(32)
+        orig_level = h.vis_level if h.vis_level >= 0 else seg_vis_level
+        if h.vis_level >= slide.level_count:
+            raise ConfigError(f"slide {task.slide_id}: heatmap_arguments.vis_level {h.vis_level} is beyond its {slide.level_count} levels (0-{slide.level_count - 1}); use -1 for the best level")
+        if not ctx.force and outputs_complete(cfg, out, orig_level):
+            _, _, attrs = read_scores(out.blockmap_h5)
+            if "probs" in attrs:
+                probs = np.asarray(attrs["probs"], np.float32)
+                return SlideResult(task.slide_id, int(attrs.get("bag_size", 0)), probs, int(attrs["pred"]),
+                                   time.perf_counter() - t0, skipped=True)
+
+        contours = load_or_segment(slide, task, out, force=ctx.force)
+        save_image(draw_segmentation(slide, contours, vis_level=seg_vis_level, line_thickness=task.line_thickness),
+                   out.mask_jpg, quality=75)
+
+        bag, reusable = first_pass_bag(ctx, slide, task, contours, out)
+        check_feature_dim(ctx.model, bag.features.shape[1], encoder_name=cfg.encoder_arguments.model_name,
+                          ckpt_path=cfg.model_arguments.ckpt_path)
+        result = predict_bag(ctx.model, bag.features, device=ctx.device)
+        pred = result.pred
+        block_scores = result.attention[pred if result.attention.shape[0] > 1 else 0].astype(np.float32)
+        write_scores(out.blockmap_h5, block_scores, bag.coords,
+                     attrs={"probs": result.probs, "pred": pred, "bag_size": len(bag.coords),
+                            "model_type": cfg.model_arguments.model_type})
+
+        save_samples(ctx, slide, task, out, block_scores, bag.coords, pred)
+        vps = vis_patch_size(cfg, slide)
+        save_image(render_heatmap(slide, block_scores, bag.coords, patch_size_level0=vps, vis_level=-1,
+                                  contours=contours, style=style(cfg, final=False), convert_to_percentiles=True),
+                   out.blockmap_png)
+
+        fine_path = out.overlap_h5()
+        if h.calc_heatmap:
+            coords = grid(cfg, slide, contours, step=dense_step(cfg.patching_arguments.patch_size, cfg.patching_arguments.overlap),
+                          roi=task.roi)
+            if len(coords) == 0:
+                raise NoTissueError(f"slide {task.slide_id}: no fine-pass patch inside the tissue{' and the ROI ' + str(task.roi) if task.roi else ''}; check the ROI (level-0 x1,y1,x2,y2) or the segmentation")
+            feats = fine_pass_features(ctx, slide, coords, bag, reusable)
+            raw = attention_for_class(ctx.model, feats, cls=pred, device=ctx.device)
+            fine = reference_percentiles(raw, block_scores) if h.use_ref_scores else raw
+            write_scores(fine_path, fine, coords)
+        elif not fine_path.is_file():
+            fallback = out.overlap_h5(use_roi=False)
+            if not (h.use_roi and fallback.is_file()):
+                raise FeatureFileError(f"slide {task.slide_id}: calc_heatmap is false but {fine_path} does not exist; run once with calc_heatmap: true")
+            fine_path = fallback
+        fine_scores, fine_coords, _ = read_scores(fine_path)
+
+        heatmap = render_heatmap(slide, fine_scores, fine_coords, patch_size_level0=vps, vis_level=h.vis_level,
+                                 contours=contours, style=style(cfg, final=True),
+                                 convert_to_percentiles=not h.use_ref_scores, roi=task.roi if h.use_roi else None)
+        save_image(heatmap, out.heatmap(cfg), quality=100)
+        del heatmap
+        if h.save_orig:
+            save_image(_orig_image(slide, orig_level, h.custom_downsample), out.orig(orig_level, h.save_ext), quality=100)
+    return SlideResult(task.slide_id, len(bag.coords), result.probs, pred, time.perf_counter() - t0)
+
+
+def _orig_image(slide: Slide, level: int, custom_downsample: int) -> np.ndarray:
+    """The whole slide at ``level`` (CLAM visWSI view_slide_only), shrunk by custom_downsample."""
+    img = slide.read_region((0, 0), level, slide.level_dimensions[level])
+    if custom_downsample > 1:
+        from PIL import Image
+
+        h, w = img.shape[:2]
+        img = np.asarray(Image.fromarray(img).resize((int(w / custom_downsample), int(h / custom_downsample))))
+    return img
