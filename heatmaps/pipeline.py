@@ -18,7 +18,7 @@ import numpy as np
 from models import Encoder, MILModel, attention_for_class, create_encoder, extract_features, predict_bag, reuse_map
 from models.checkpoints import check_feature_dim
 from vis_utils import HeatmapStyle, reference_percentiles, render_heatmap, sample_patches, save_image
-from wsi_core.errors import ConfigError, FeatureFileError, NoTissueError
+from wsi_core.errors import CheckpointError, ConfigError, FeatureFileError, NoTissueError
 from wsi_core.io import write_h5
 from wsi_core.patching import dense_step, patch_grid
 from wsi_core.slide import Slide, open_slide
@@ -166,6 +166,16 @@ def fine_pass_features(ctx: RunContext, slide: Slide, coords: np.ndarray, bag: F
     return feats
 
 
+def _check_bag_dim(ctx: RunContext, bag: FeatureBag, made_here: bool) -> None:
+    """The bag's width must be the checkpoint's input width (CheckpointError otherwise)."""
+    ckpt = ctx.cfg.model_arguments.ckpt_path
+    if made_here or bag.features.shape[1] == ctx.model.in_dim:
+        check_feature_dim(ctx.model, bag.features.shape[1], encoder_name=ctx.cfg.encoder_arguments.model_name, ckpt_path=ckpt)
+        return
+    raise CheckpointError(f"checkpoint {Path(ckpt).name} expects {ctx.model.in_dim}-d features but {bag.source} holds "
+                          f"{bag.features.shape[1]}-d features; use the features of the encoder the model was trained on")
+
+
 # ---------------------------------------------------------------------------- scores
 
 
@@ -258,8 +268,7 @@ def process_slide(ctx: RunContext, task: SlideTask) -> SlideResult:
                    out.mask_jpg, quality=75)
 
         bag, reusable = first_pass_bag(ctx, slide, task, contours, out)
-        check_feature_dim(ctx.model, bag.features.shape[1], encoder_name=cfg.encoder_arguments.model_name,
-                          ckpt_path=cfg.model_arguments.ckpt_path)
+        _check_bag_dim(ctx, bag, reusable)
         result = predict_bag(ctx.model, bag.features, device=ctx.device)
         pred = result.pred
         block_scores = result.attention[pred if result.attention.shape[0] > 1 else 0].astype(np.float32)

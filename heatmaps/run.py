@@ -35,7 +35,7 @@ class RunSummary:
 
     results_csv: Path | None = None
     processed: list[SlideResult] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)   # (slide_id, reason)
     n_encoded: int = 0
     seconds: float = 0.0
 
@@ -44,7 +44,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _write_status(path: Path | None, slide_id: str, slide_ext: str, status: str) -> None:
+def _write_status(path: Path | None, row: int, status: str) -> None:
     """Write a slide's status back into the user's process list (atomically; warns once when the
     file is read-only and goes on: the results CSV carries the status too)."""
     if path is None:
@@ -54,7 +54,7 @@ def _write_status(path: Path | None, slide_id: str, slide_ext: str, status: str)
         if "status" not in df.columns:
             df["status"] = "tbp"
         df["status"] = df["status"].astype(object)
-        df.loc[df["slide_id"].astype(str).isin([slide_id, slide_id + slide_ext]), "status"] = status
+        df.loc[row, "status"] = status
         write_csv(df, path)
     except (OSError, WsiHeatmapsError) as exc:
         if not getattr(_write_status, "_warned", False):
@@ -106,7 +106,9 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
     t0 = time.perf_counter()
     device = device or default_device()
     df, pl_path = read_process_list(cfg.data_arguments)
-    todo = df[df["process"].astype(float).astype(int) == 1].reset_index(drop=True)
+    selected = df["process"].astype(float).astype(int) == 1
+    rows = list(df.index[selected])          # row of each slide in the user's process list
+    todo = df[selected].reset_index(drop=True)
     if len(todo) == 0:
         raise ConfigError(f"{source}: no slide has process == 1 in the process list {pl_path or ''}")
     m = cfg.model_arguments
@@ -137,16 +139,16 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
                      " (outputs complete, skipped; --force reruns)" if result.skipped else "")
         except WsiHeatmapsError as exc:
             status = f"failed: {exc}"
-            summary.failed[sid] = str(exc)
+            summary.failed.append((sid, str(exc)))
             log.error("%s: FAILED: %s", sid, exc)
         except Exception as exc:  # noqa: BLE001 - one bad slide never stops the batch
             status = f"failed: {type(exc).__name__}: {exc}"
-            summary.failed[sid] = status[8:]
+            summary.failed.append((sid, status[8:]))
             log.error("%s: FAILED with an unexpected error: %s: %s", sid, type(exc).__name__, exc)
             log.debug("%s", traceback.format_exc())
         todo.loc[i, "status"] = status.replace("\n", " ")
         write_csv(todo, summary.results_csv)
-        _write_status(pl_path, sid, cfg.data_arguments.slide_ext, status.replace("\n", " "))
+        _write_status(pl_path, rows[i], status.replace("\n", " "))
     summary.n_encoded = ctx.n_encoded
     summary.seconds = time.perf_counter() - t0
     return summary
