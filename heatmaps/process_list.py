@@ -33,6 +33,16 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "use_padding": True, "contour_fn": "four_pt",
 }
 ROI_COLUMNS = ("x1", "y1", "x2", "y2")
+# File suffixes of the formats OpenSlide reads: a slide_id given with one of these is a file name.
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
+
+
+def slide_stem(raw_id: str, slide_ext: str) -> str:
+    """``slide_id`` without its file extension (``slide_ext``, or any OpenSlide format's suffix)."""
+    if slide_ext and raw_id.endswith(slide_ext):
+        return raw_id[: -len(slide_ext)]
+    suffix = Path(raw_id).suffix.lower()
+    return raw_id[: -len(suffix)] if suffix in SLIDE_SUFFIXES else raw_id
 
 
 def resolve_input_file(name: str, *, kind: str, search_dirs: list[Path]) -> Path:
@@ -222,9 +232,8 @@ def slide_task(row: pd.Series, data_args: DataArguments, *, use_roi: bool) -> Sl
         SlideOpenError: the slide file does not exist.
         RoiError: ``use_roi`` without a valid ROI.
     """
-    ext = data_args.slide_ext
     raw_id = str(row["slide_id"])
-    slide_id = raw_id[: -len(ext)] if ext and raw_id.endswith(ext) else raw_id
+    slide_id = slide_stem(raw_id, data_args.slide_ext)
     label = _cell(row, "label")
     names = {v: k for k, v in data_args.label_dict.items()}
     if label is None:
