@@ -1,0 +1,325 @@
+"""Attention heatmaps on a slide: CLAM ``drawHeatmap`` / ``visHeatmap`` semantics, vectorised.
+
+What a pixel of the output shows (``vis_level`` canvas; level-0 px are scaled by
+``(1 / dsx, 1 / dsy)`` of that level):
+
+1. Patch ``i`` covers the canvas box ``ceil(coord_i * scale)`` + ``[0, ceil(patch_size * scale))``
+   (clipped at the canvas edge). With an ROI ``(x1, y1, x2, y2)`` only patches with
+   ``(x1, y1) <= coord <= (x2, y2)`` (inclusive, CLAM ``screen_coords``) are kept and coords are
+   taken relative to ``(x1, y1)``; the canvas is ``int(x2 * sx) - int(x1 * sx)`` wide (same in y).
+2. Scores are flattened; ``convert_to_percentiles`` turns them into rank percentiles (0-100);
+   then they are divided by 100 (in their own float dtype, as CLAM does in place).
+3. ``threshold`` = ``1 / N`` (``binary_thresh < 0``, N = all scores before the ROI screen) or
+   ``binary_thresh`` when binarizing, else 0. A patch contributes ``1`` (binarize) or its score
+   when ``score >= threshold``, else 0; every patch counts. The pixel value is the mean over the
+   patches covering it (``np.around`` of it when binarizing); 0 where none does.
+4. With ``blur`` that value raster is Gaussian-blurred (``ksize = int(patch * (1 - overlap)) * 2
+   + 1``, sigma 0) before colouring, and the coloured image again afterwards.
+5. A pixel is coloured (matplotlib cmap -> uint8 LUT) when a patch with ``score >= threshold``
+   covers it and, with ``segment``, it lies in the tissue mask (contours minus holes).
+6. Base image: the slide region at ``vis_level`` (white with ``blank_canvas``). With
+   ``alpha < 1`` the result is ``cv2.addWeighted(coloured, alpha, canvas, 1 - alpha, 0)`` where
+   ``canvas`` is built from CLAM's 1024-px block reads (:func:`read_canvas`) - read **once** and
+   used as base too (CLAM reads the slide a second time in one piece for the base; the two differ
+   by a sub-pixel shift when the level downsample is not an integer, which only changes pixels
+   that are *not* coloured; coloured pixels equal CLAM's).
+7. ``custom_downsample > 1``: PIL resize to ``(int(w / cd), int(h / cd))`` (PIL default filter).
+
+Memory is of the order of the output canvas (the slide is read only inside the ROI); the per-pixel
+mean is computed on a compressed cell grid in row bands (see :mod:`vis_utils.raster`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from wsi_core.errors import ConfigError, FeatureFileError, RoiError
+
+from .percentiles import rank_percentiles
+from .raster import (
+    band_heights, build_cells, cell_means, cell_stats, colormap_lut, expand_cells, lut_indices,
+    tissue_mask,
+)
+
+__all__ = ["HeatmapStyle", "render_heatmap", "read_canvas", "render_on_canvas", "blur_ksize"]
+
+BAND_PIXELS = 1 << 22      # canvas pixels per row band (~4 Mpx: 32 MiB of float64 when blurring)
+CLAM_BLOCK = 1024          # CLAM block_blending's block size, canvas px
+
+
+@dataclass(frozen=True)
+class HeatmapStyle:
+    """How the scores are drawn (CLAM ``heatmap_arguments`` names).
+
+    cmap: matplotlib colormap name.
+    alpha: weight of the colour in the blend, 0-1 (1 = no blending).
+    blur: Gaussian blur; overlap: patch overlap 0-1 of the score grid (sets the blur kernel only).
+    binarize / binary_thresh: draw 1 for scores >= threshold (``binary_thresh < 0`` -> ``1 / N``);
+        the threshold is on the 0-1 scale (percentile / 100).
+    blank_canvas: white instead of the slide. use_holes: cut tissue holes out of the mask.
+    segment: colour only inside the tissue contours.
+    custom_downsample: shrink the output by this integer factor (PIL resize).
+
+    Raises:
+        ConfigError: alpha outside [0, 1], overlap outside [0, 1), custom_downsample < 1.
+    """
+
+    cmap: str = "jet"
+    alpha: float = 0.4
+    blur: bool = False
+    overlap: float = 0.0
+    binarize: bool = False
+    binary_thresh: float = -1.0
+    blank_canvas: bool = False
+    use_holes: bool = True
+    segment: bool = True
+    custom_downsample: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ConfigError(f"heatmap_arguments.alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= float(self.overlap) < 1.0:
+            raise ConfigError(f"patching_arguments.overlap must be in [0, 1), got {self.overlap}")
+        if int(self.custom_downsample) < 1:
+            raise ConfigError(
+                f"heatmap_arguments.custom_downsample must be >= 1, got {self.custom_downsample}"
+            )
+
+
+def blur_ksize(patch_size_canvas: tuple[int, int], overlap: float) -> tuple[int, int]:
+    """CLAM's blur kernel ``(kw, kh)``: ``int(patch * (1 - overlap)) * 2 + 1`` per axis."""
+    k = (np.array(patch_size_canvas) * (1 - overlap)).astype(int) * 2 + 1
+    return int(k[0]), int(k[1])
+
+
+def read_canvas(slide, *, vis_level: int, top_left: tuple[int, int],
+                region_size: tuple[int, int], block_size: int = CLAM_BLOCK) -> np.ndarray:
+    """The slide region at ``vis_level`` assembled from CLAM ``block_blending``'s block reads.
+
+    Block ``(i, j)`` covers canvas px ``[i * bw, (i + 1) * bw) x [j * bh, ...)`` (clipped;
+    ``bw = min(block_size, w)``, ``bh`` likewise) and is read at level-0 location
+    ``top_left + (i * bw * int(dsx), j * bh * int(dsy))`` - the integer part of the level
+    downsample, as CLAM steps its blocks.
+
+    Args:
+        slide: a ``wsi_core.Slide``. vis_level: pyramid level. top_left: level-0 px ``(x, y)``.
+        region_size: canvas ``(w, h)`` px at ``vis_level``.
+
+    Returns:
+        ``(h, w, 3)`` uint8 RGB.
+    """
+    w, h = (int(v) for v in region_size)
+    dsx, dsy = slide.level_downsamples[vis_level]
+    stepx, stepy = max(int(dsx), 1), max(int(dsy), 1)
+    bw, bh = min(block_size, w), min(block_size, h)
+    canvas = np.empty((h, w, 3), dtype=np.uint8)
+    for x in range(0, w, max(bw, 1)):
+        for y in range(0, h, max(bh, 1)):
+            x_end, y_end = min(w, x + bw), min(h, y + bh)
+            loc = (int(top_left[0]) + (x // bw) * bw * stepx, int(top_left[1]) + (y // bh) * bh * stepy)
+            canvas[y:y_end, x:x_end] = slide.read_region(loc, vis_level, (x_end - x, y_end - y))
+    return canvas
+
+
+def _bands(h: int, w: int, min_rows: int = 1) -> Iterator[tuple[int, int]]:
+    step = max(BAND_PIXELS // max(w, 1), min_rows, 1)
+    for a in range(0, h, step):
+        yield a, min(h, a + step)
+
+
+def render_on_canvas(canvas: np.ndarray, scores: np.ndarray, coords: np.ndarray, *,
+                     patch_size: tuple[int, int], threshold: float, style: HeatmapStyle,
+                     tissue: np.ndarray | None = None, inplace: bool = False) -> np.ndarray:
+    """Colour and blend scores onto a canvas (steps 3-6 of the module docstring; no slide I/O).
+
+    Args:
+        canvas: ``(h, w, 3)`` uint8 base image, also the blend canvas.
+        scores: ``(n,)`` float scores already on the 0-1 scale (percentile / 100).
+        coords: ``(n, 2)`` int canvas px top-left ``(x, y)`` of each patch.
+        patch_size: ``(pw, ph)`` canvas px.
+        threshold: colour patches with ``score >= threshold`` (compared in ``scores``' dtype).
+        style: only cmap, alpha, blur, overlap and binarize are used here.
+        tissue: ``(h, w)`` bool mask or None (no segmentation).
+        inplace: allowed to overwrite ``canvas`` (ignored with blur).
+
+    Returns:
+        ``(h, w, 3)`` uint8 RGB.
+    """
+    h, w = canvas.shape[:2]
+    scores = np.asarray(scores).reshape(-1)
+    above = scores >= threshold
+    values = np.where(above, 1.0 if style.binarize else scores.astype(np.float64), 0.0)
+    coords = np.asarray(coords).reshape(-1, 2)
+    cells = build_cells(coords[:, 0], coords[:, 1], patch_size, (w, h), values, above)
+    lut = colormap_lut(style.cmap)
+    if style.blur:
+        return _render_blur(canvas, cells, lut, blur_ksize(patch_size, style.overlap), style, tissue)
+    out = canvas if inplace else canvas.copy()
+    rgb_lut = lut.reshape(-1, 1, 3) if len(lut) == 256 else None
+    for a, b in _bands(h, w):
+        ca, cb = cells.cell_rows(a, b)
+        sums, counts, n_above = cell_stats(cells, ca, cb)
+        coloured = n_above > 0
+        cols = np.flatnonzero(coloured.any(axis=0))
+        if cols.size == 0:
+            continue
+        k0, k1 = int(cols[0]), int(cols[-1]) + 1
+        x0, x1 = int(cells.xs[k0]), int(cells.xs[k1])
+        idx = lut_indices(cell_means(sums, counts, cells.bits, binarize=style.binarize), len(lut))
+        heights, widths = band_heights(cells, ca, cb, a, b), cells.widths[k0:k1]
+        mask = expand_cells(coloured[:, k0:k1].view(np.uint8), heights, widths)
+        if tissue is not None:
+            mask &= tissue[a:b, x0:x1].view(np.uint8)
+        colour = expand_cells(_colour_cells(idx[:, k0:k1], lut, rgb_lut), heights, widths)
+        region = out[a:b, x0:x1]
+        if style.alpha < 1.0:
+            colour = cv2.addWeighted(colour, style.alpha, region, 1.0 - style.alpha, 0)
+        _copy_masked(colour, mask, region)
+    return out
+
+
+def _colour_cells(idx: np.ndarray, lut: np.ndarray, rgb_lut: np.ndarray | None) -> np.ndarray:
+    """``(..., 3)`` uint8 colours of LUT indices (cv2.LUT when the LUT has 256 entries)."""
+    if rgb_lut is None or idx.size < 4096:
+        return lut[idx]
+    i8 = idx.astype(np.uint8)
+    return cv2.LUT(cv2.merge([i8, i8, i8]), rgb_lut)
+
+
+def _copy_masked(src: np.ndarray, mask: np.ndarray, dst: np.ndarray) -> None:
+    """``dst[mask] = src[mask]`` for (h, w, 3) uint8 images and an (h, w) uint8 0/1 mask."""
+    res = cv2.copyTo(src, mask, dst)
+    if res is not dst and not np.shares_memory(res, dst):  # pragma: no cover - binding copied
+        dst[...] = res
+
+
+def _render_blur(canvas: np.ndarray, cells, lut: np.ndarray, ksize: tuple[int, int],
+                 style: HeatmapStyle, tissue: np.ndarray | None) -> np.ndarray:
+    """Blur path: every output row needs ``ksize[1] // 2`` rows of blurred colour around it, which
+    need as many rows of blurred scores again, so each band is computed with a 2x halo."""
+    h, w = canvas.shape[:2]
+    r = ksize[1] // 2
+    out = np.empty_like(canvas)
+    rgb_lut = lut.reshape(-1, 1, 3) if len(lut) == 256 else None
+    for a, b in _bands(h, w, min_rows=2 * r):
+        ia, ib = max(0, a - r), min(h, b + r)
+        oa, ob = max(0, a - 2 * r), min(h, b + 2 * r)
+        ca, cb = cells.cell_rows(oa, ob)
+        sums, counts, n_above = cell_stats(cells, ca, cb)
+        means = cell_means(sums, counts, cells.bits, binarize=style.binarize)
+        overlay = expand_cells(means, band_heights(cells, ca, cb, oa, ob), cells.widths)
+        overlay = cv2.GaussianBlur(overlay, ksize, 0)[ia - oa:ib - oa]
+        mask = expand_cells((n_above > 0).view(np.uint8), band_heights(cells, ca, cb, ia, ib),
+                            cells.widths)
+        if tissue is not None:
+            mask &= tissue[ia:ib].view(np.uint8)
+        img = canvas[ia:ib].copy()
+        _copy_masked(_colour_cells(lut_indices(overlay, len(lut)), lut, rgb_lut), mask, img)
+        img = cv2.GaussianBlur(img, ksize, 0)[a - ia:b - ia]
+        if style.alpha < 1.0:
+            img = cv2.addWeighted(img, style.alpha, canvas[a:b], 1.0 - style.alpha, 0)
+        out[a:b] = img
+    return out
+
+
+def _flat_scores(scores, coords, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores)
+    s = s.reshape(-1) if s.ndim == 2 else s
+    c = np.asarray(coords)
+    if s.ndim != 1 or c.ndim != 2 or c.shape[1] != 2 or len(s) != len(c):
+        raise FeatureFileError(
+            f"{slide_id}: scores {s.shape} and coords {c.shape} do not match; expected (N,) or "
+            "(N, 1) scores and (N, 2) level-0 coords of the same N"
+        )
+    if s.dtype.kind not in "biuf" or not np.all(np.isfinite(s)):
+        raise FeatureFileError(f"{slide_id}: attention scores contain NaN/Inf or are not numeric")
+    return (s if s.dtype.kind == "f" else s.astype(np.float64)), c
+
+
+def _roi_region(slide, roi, scale: np.ndarray, vis_level: int):
+    """(top_left, bot_right, region_size) of the canvas."""
+    if roi is None:
+        return (0, 0), tuple(slide.level_dimensions[0]), tuple(slide.level_dimensions[vis_level])
+    x1, y1, x2, y2 = (int(v) for v in roi)
+    w0, h0 = slide.level_dimensions[0]
+    tl, br = np.array([x1, y1]), np.array([x2, y2])
+    size = (br * scale).astype(int) - (tl * scale).astype(int)
+    if x2 <= x1 or y2 <= y1 or x1 >= w0 or y1 >= h0 or x2 <= 0 or y2 <= 0 or np.any(size <= 0):
+        raise RoiError(
+            f"{slide.slide_id}: ROI x1={x1}, y1={y1}, x2={x2}, y2={y2} (level-0 px) is empty or "
+            f"outside the {w0}x{h0} slide; fix x1,y1,x2,y2 in the process list"
+        )
+    return (x1, y1), (x2, y2), (int(size[0]), int(size[1]))
+
+
+def render_heatmap(slide, scores, coords, *, patch_size_level0: tuple[int, int], vis_level: int,
+                   contours, style: HeatmapStyle, convert_to_percentiles: bool,
+                   roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Draw an attention heatmap of a slide like CLAM ``drawHeatmap`` (see the module docstring).
+
+    Args:
+        slide: an open ``wsi_core.Slide``.
+        scores: ``(N,)`` or ``(N, 1)`` attention scores (percentiles 0-100, or raw scores with
+            ``convert_to_percentiles``).
+        coords: ``(N, 2)`` int level-0 px top-left ``(x, y)`` of each patch.
+        patch_size_level0: ``(w, h)`` level-0 px of one patch.
+        vis_level: pyramid level of the canvas; ``< 0`` -> best level for downsample 32.
+        contours: ``TissueContours`` (level-0 px) for the tissue mask, or None to colour every
+            covered pixel (as ``segment=False``).
+        style: :class:`HeatmapStyle`.
+        convert_to_percentiles: rank-percentile the scores (after the ROI screen) first.
+        roi: ``(x1, y1, x2, y2)`` level-0 px, or None for the whole slide.
+
+    Returns:
+        ``(h, w, 3)`` uint8 RGB, ``h, w`` = the level (or ROI) size at ``vis_level``, divided by
+        ``custom_downsample``.
+
+    Raises:
+        ConfigError: ``vis_level`` is not a level of the slide.
+        FeatureFileError: scores/coords shapes do not match, or NaN/Inf scores.
+        RoiError: the ROI is empty or outside the slide.
+        ConfigError (from the colormap): unknown ``style.cmap``.
+    """
+    if vis_level < 0:
+        vis_level = slide.best_level_for_downsample(32)
+    if vis_level >= slide.level_count:
+        raise ConfigError(
+            f"{slide.slide_id}: vis_level {vis_level} does not exist (levels 0-"
+            f"{slide.level_count - 1}); set heatmap_arguments.vis_level to -1 or a valid level"
+        )
+    dsx, dsy = slide.level_downsamples[vis_level]
+    scale = np.array([1 / dsx, 1 / dsy])
+    scores, coords = _flat_scores(scores, coords, slide.slide_id)
+    threshold = 0.0
+    if style.binarize:
+        threshold = 1.0 / max(len(scores), 1) if style.binary_thresh < 0 else float(style.binary_thresh)
+    top_left, bot_right, region_size = _roi_region(slide, roi, scale, vis_level)
+    if roi is not None:
+        keep = np.all(coords >= np.array(top_left), axis=1) & np.all(coords <= np.array(bot_right), axis=1)
+        scores, coords = scores[keep], coords[keep] - np.array(top_left)
+    patch_size = tuple(int(v) for v in np.ceil(np.array(patch_size_level0) * scale).astype(int))
+    coords = np.ceil(coords * scale).astype(np.int64)
+    if convert_to_percentiles:
+        scores = rank_percentiles(scores)
+    scores = scores / 100
+    tissue = None
+    if style.segment and contours is not None:
+        tissue = tissue_mask(contours, region_size=region_size, scale=(scale[0], scale[1]),
+                             top_left=top_left, use_holes=style.use_holes)
+    w, h = region_size
+    if style.blank_canvas:
+        canvas = np.full((h, w, 3), 255, dtype=np.uint8)
+    elif style.alpha < 1.0:
+        canvas = read_canvas(slide, vis_level=vis_level, top_left=top_left, region_size=region_size)
+    else:
+        canvas = slide.read_region(top_left, vis_level, region_size)
+    out = render_on_canvas(canvas, scores, coords, patch_size=patch_size, threshold=threshold,
+                           style=style, tissue=tissue, inplace=True)
+    if style.custom_downsample > 1:
+        cd = int(style.custom_downsample)
+        out = np.asarray(Image.fromarray(out).resize((int(w / cd), int(h / cd))))
+    return out
