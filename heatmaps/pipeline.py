@@ -18,9 +18,9 @@ import numpy as np
 from models import Encoder, MILModel, attention_for_class, create_encoder, extract_features, predict_bag, reuse_map
 from models.checkpoints import check_feature_dim
 from vis_utils import HeatmapStyle, reference_percentiles, render_heatmap, sample_patches, save_image
-from wsi_core.errors import CheckpointError, ConfigError, FeatureFileError, NoTissueError
+from wsi_core.errors import CheckpointError, ConfigError, FeatureFileError, NoTissueError, RoiError
 from wsi_core.io import write_h5
-from wsi_core.patching import dense_step, patch_grid
+from wsi_core.patching import check_roi, dense_step, patch_grid
 from wsi_core.slide import Slide, open_slide
 from wsi_core.tissue import (TissueContours, draw_segmentation, load_clam_mask_pkl, load_contours_geojson,
                              save_contours_geojson, segment_tissue)
@@ -254,6 +254,11 @@ def process_slide(ctx: RunContext, task: SlideTask) -> SlideResult:
     with open_slide(task.slide_path) as slide:
         seg_vis_level = task.vis_level if task.vis_level >= 0 else slide.best_level_for_downsample(32)
         orig_level = h.vis_level if h.vis_level >= 0 else seg_vis_level
+        if task.roi is not None:
+            try:
+                check_roi(task.roi, slide.level_dimensions[0])
+            except RoiError as exc:
+                raise RoiError(f"slide {task.slide_id}: {exc}") from None
         if h.vis_level >= slide.level_count:
             raise ConfigError(f"slide {task.slide_id}: heatmap_arguments.vis_level {h.vis_level} is beyond its {slide.level_count} levels (0-{slide.level_count - 1}); use -1 for the best level")
         if not ctx.force and outputs_complete(cfg, out, orig_level):

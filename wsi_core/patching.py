@@ -94,9 +94,14 @@ def center_shift_for(step_size: float, patch_size: float) -> float:
     return 0.625
 
 
-def _check_roi(
+def check_roi(
     roi: Sequence[int], level0: tuple[int, int]
 ) -> tuple[int, int, int, int]:
+    """The ROI ``(x1, y1, x2, y2)`` (level-0 px) as ints, validated against the level-0 size.
+
+    Raises:
+        RoiError: the ROI is empty or lies entirely outside the slide.
+    """
     x1, y1, x2, y2 = (int(v) for v in roi)
     w0, h0 = level0
     if x2 <= x1 or y2 <= y1:
@@ -175,7 +180,7 @@ def patch_grid(
         RoiError: the ROI is empty (x2 <= x1 or y2 <= y1) or entirely outside the slide.
     """
     if roi is not None:
-        roi = _check_roi(roi, tuple(level_dimensions[0]))
+        roi = check_roi(roi, tuple(level_dimensions[0]))
     dsx, dsy = (float(v) for v in level_downsamples[patch_level])
     if custom_downsample > 1:
         patch_eff = int(patch_size * dsx * custom_downsample)
