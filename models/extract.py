@@ -1,0 +1,170 @@
+"""Batched patch-feature extraction from a slide, and reuse of features between patch grids.
+
+:func:`extract_features` reads every patch ``read_region((x, y), patch_level, (s, s))``
+(level-0 top-left ``(x, y)``, ``s`` px at ``patch_level``), converts it to a PIL RGB image, applies
+the encoder's transform and runs the encoder in batches under ``torch.inference_mode``. The slide
+is opened lazily once per DataLoader worker. Output rows follow the order of ``coords``.
+
+:func:`reuse_map` finds the patches of a new grid that an earlier grid already encoded (CLAM
+extracts them twice: once for the blockmap, once for the overlap pass), with a vectorised join.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from wsi_core.errors import ConfigError
+from wsi_core.slide import Slide, open_slide
+
+from .encoders import Encoder
+
+__all__ = ["PatchDataset", "extract_features", "reuse_map", "resolve_device"]
+
+
+class PatchDataset(Dataset):
+    """Patches of one slide at ``coords`` (N, 2) int64 level-0 px, transformed for an encoder.
+
+    Item ``i`` is the (3, H, W) float32 tensor of patch ``coords[i]``. The slide is opened on
+    first access in each process (safe with DataLoader workers); :meth:`close` releases it.
+    ``target_patch_size``: when set, the patch is resized to that side (PIL default filter)
+    before the transform, as CLAM does with ``custom_downsample`` > 1.
+    """
+
+    def __init__(self, slide_path: str | os.PathLike[str], coords: np.ndarray, *, patch_level: int,
+                 patch_size: int, transform, target_patch_size: int | None = None) -> None:
+        self.slide_path = Path(slide_path)
+        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        self.patch_level, self.patch_size = int(patch_level), int(patch_size)
+        self.target_patch_size = target_patch_size
+        self.transform = transform
+        self._slide: Slide | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def _get_slide(self) -> Slide:
+        if self._slide is None or self._pid != os.getpid():
+            self._slide, self._pid = open_slide(self.slide_path), os.getpid()
+        return self._slide
+
+    def __getitem__(self, idx: int) -> Tensor:
+        x, y = (int(v) for v in self.coords[idx])
+        rgb = self._get_slide().read_region((x, y), self.patch_level, (self.patch_size,) * 2)
+        img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+        if self.target_patch_size and self.target_patch_size != self.patch_size:
+            img = img.resize((self.target_patch_size,) * 2)
+        return self.transform(img)
+
+    def close(self) -> None:
+        if self._slide is not None and self._pid == os.getpid():
+            self._slide.close()
+        self._slide = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_slide"], state["_pid"] = None, None  # never ship an open handle to a worker
+        return state
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``torch.device`` for ``device``; ConfigError when CUDA is asked for but absent."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' requested but CUDA is not available; use device cpu")
+    return dev
+
+
+def extract_features(
+    slide_path: str | os.PathLike[str],
+    coords: np.ndarray,
+    *,
+    patch_level: int,
+    patch_size: int,
+    encoder: Encoder,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    target_patch_size: int | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Encode the patches at ``coords`` -> (N, encoder.dim) float32, rows in ``coords`` order.
+
+    ``coords``: (N, 2) level-0 px top-left (x, y); ``patch_size``: px at ``patch_level``;
+    ``num_workers``: DataLoader processes (0 = read in this process); ``device``: 'cpu' or
+    'cuda[:i]' (the encoder is moved there); ``channels_last``: run the encoder in
+    channels-last memory format (about 1.5x faster on CPU; features differ by ~1e-7).
+    ``target_patch_size``: resize each patch to this side before the transform (CLAM's
+    custom_downsample). N = 0 returns a (0, D) array without opening the slide.
+
+    Raises:
+        SlideOpenError: the slide cannot be opened (from wsi_core).
+        ConfigError: CUDA requested but not available.
+    """
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    out = np.empty((len(coords), encoder.dim), dtype=np.float32)
+    if len(coords) == 0:
+        return out
+    dev = resolve_device(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = encoder.model.eval().to(dev, memory_format=fmt)
+    ds = PatchDataset(slide_path, coords, patch_level=patch_level, patch_size=patch_size,
+                      transform=encoder.transform, target_patch_size=target_patch_size)
+    if num_workers == 0:
+        ds._get_slide()
+    else:  # open once here so a bad slide raises a one-line SlideOpenError, not a worker traceback
+        open_slide(slide_path).close()
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda")
+    bar = _progress(len(coords), progress, Path(slide_path).name)
+    start = 0
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                batch = batch.to(dev, non_blocking=True).contiguous(memory_format=fmt)
+                feats = model(batch).float().cpu().numpy()
+                out[start:start + len(feats)] = feats
+                start += len(feats)
+                if bar is not None:
+                    bar.update(len(feats))
+    finally:
+        ds.close()
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency, but stay optional
+        return None
+    return tqdm(total=total, desc=f"features {desc}", unit="patch", leave=False)
+
+
+def _row_view(coords: np.ndarray) -> np.ndarray:
+    """(N, 2) int64 -> (N,) structured view whose elements compare as (x, y) pairs."""
+    c = np.ascontiguousarray(np.asarray(coords, dtype=np.int64).reshape(-1, 2))
+    return c.view([("x", np.int64), ("y", np.int64)]).ravel()
+
+
+def reuse_map(new_coords: np.ndarray, old_coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``new_coords`` that also occur in ``old_coords`` (both (N, 2) level-0 px).
+
+    Returns ``(idx_new, idx_old)`` int64 with ``new_coords[idx_new] == old_coords[idx_old]``,
+    sorted by ``idx_new``; for duplicated coords the first occurrence is used. Vectorised
+    (``np.intersect1d`` on a structured row view), O((N + M) log(N + M)).
+    """
+    _, idx_new, idx_old = np.intersect1d(_row_view(new_coords), _row_view(old_coords),
+                                         assume_unique=False, return_indices=True)
+    order = np.argsort(idx_new, kind="stable")
+    return idx_new[order].astype(np.int64), idx_old[order].astype(np.int64)
