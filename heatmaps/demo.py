@@ -1,16 +1,10 @@
-"""Offline demo assets: a synthetic H&E-like slide with a planted lesion, seeded encoder weights and
-a small CLAM-SB checkpoint trained (in seconds, deterministically) to attend to the lesion.
+"""Offline demo inputs, generated from seeds so ``create-heatmaps --demo`` needs no network.
 
-Everything is generated locally from seeds, so ``create-heatmaps --demo`` runs without network:
-
-* :func:`make_demo_slide` writes an OpenSlide-readable pyramidal tiled TIFF (generic-tiff driver:
-  one tiled page per level, downsamples 1/4/16, zlib, 0.5 µm/px in the resolution tags).
-* :func:`make_demo_encoder_weights` writes a seeded (untrained) timm ResNet-50 without ``layer4``
-  and ``fc`` as safetensors: the weights ``resnet50_trunc`` loads when no download is possible.
-* :func:`make_demo_checkpoint` trains a CLAM-SB (small) on a *separate* synthetic slide so that
-  its raw attention is high on lesion patches and the bag is called ``lesion``.
-* :func:`ensure_demo_assets` creates whatever is missing under ``heatmaps/demo`` and writes a
-  manifest with the seeds, sizes and sha256 of every file.
+:func:`make_demo_slide`: a synthetic H&E-like slide with one planted lesion, written as an
+OpenSlide generic-tiff pyramid. :func:`make_demo_encoder_weights`: a seeded, untrained ResNet-50
+trunk for ``resnet50_trunc``. :func:`make_demo_checkpoint`: a CLAM-SB (small) trained in seconds
+on a *separate* synthetic slide to attend to lesion patches. :func:`ensure_demo_assets`: creates
+what is missing under ``heatmaps/demo`` plus a manifest (seeds, sizes, sha256).
 """
 from __future__ import annotations
 
@@ -18,7 +12,7 @@ import hashlib
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +23,8 @@ from wsi_core.io import atomic_path
 
 __all__ = [
     "DemoSlide", "render_demo_slide", "make_demo_slide", "grid_coords", "encode_patches",
-    "make_demo_encoder_weights", "make_demo_checkpoint", "ensure_demo_assets", "DEMO_DIR",
+    "make_demo_encoder_weights", "make_demo_checkpoint", "ensure_demo_assets", "rank_auc",
+    "DEMO_DIR", "TARGET_IMG_SIZE",
 ]
 
 DEMO_VERSION = 1
@@ -58,7 +53,7 @@ class DemoSlide:
     """A synthetic slide and its ground truth.
 
     path: the TIFF (None for an in-memory rendering); size: level-0 (width, height) px;
-    lesion_mask / tissue_mask: (ceil(h / mask_downsample), ceil(w / mask_downsample)) bool, a
+    lesion_mask / tissue_mask: (h // 16, w // 16) bool at downsample ``mask_downsample`` (16), a
     cell is True when more than half of its level-0 pixels are lesion / tissue;
     lesion: (x, y, radius) level-0 px of the planted lesion's centre and mean radius.
     """
@@ -189,8 +184,7 @@ def render_demo_slide(*, seed: int, size: tuple[int, int] = (4096, 3072),
     nuc = _nuclei(rng, normal, px_per_nucleus=1400.0, radii=(4, 5, 6))
     les_nuc = _nuclei(rng, les, px_per_nucleus=260.0, radii=(7, 9, 11))
 
-    img = np.empty((h0, w0, 3), np.float32)
-    img[:] = _BACKGROUND
+    img = np.broadcast_to(_BACKGROUND, (h0, w0, 3)).copy()
     img[normal] = _STROMA
     img[les] = _LESION_STROMA
     shade = cv2.resize(_smooth_noise(rng, (h0 // 8, w0 // 8), 6.0), (w0, h0),
@@ -198,9 +192,8 @@ def render_demo_slide(*, seed: int, size: tuple[int, int] = (4096, 3072),
     img[tissue] += (9.0 * shade[tissue])[:, None]
     img[nuc] = _NUCLEUS
     img[les_nuc] = _LESION_NUCLEUS
-    grain = rng.standard_normal((h0, w0), dtype=np.float32)
-    amp = np.where(tissue, np.float32(7.0), np.float32(1.5))
-    img += (amp * grain)[:, :, None]
+    grain = rng.standard_normal((h0, w0), dtype=np.float32)  # luminance grain, 7 in tissue, 1.5 on glass
+    img += (np.where(tissue, np.float32(7.0), np.float32(1.5)) * grain)[:, :, None]
     img = cv2.GaussianBlur(img, (3, 3), 0.8)
     rgb = np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
@@ -209,9 +202,8 @@ def render_demo_slide(*, seed: int, size: tuple[int, int] = (4096, 3072),
                           interpolation=cv2.INTER_AREA) > 0.5
 
     dims = tuple((w0 // d, h0 // d) for d in DOWNSAMPLES)
-    demo = DemoSlide(path=None, seed=seed, size=(w0, h0), mpp=MPP, level_dimensions=dims,
-                     lesion=lesion, lesion_mask=small(les), tissue_mask=small(tissue))
-    return rgb, demo
+    return rgb, DemoSlide(path=None, seed=seed, size=(w0, h0), mpp=MPP, level_dimensions=dims,
+                          lesion=lesion, lesion_mask=small(les), tissue_mask=small(tissue))
 
 
 def _write_pyramid_tiff(path: Path, rgb: np.ndarray, description: str) -> None:
@@ -238,12 +230,10 @@ def make_demo_slide(path: str | Path, *, seed: int, size: tuple[int, int] = (409
     Returns the DemoSlide (path set). Raises ValueError for a bad size.
     """
     rgb, demo = render_demo_slide(seed=seed, size=size, lesion=lesion)
-    x, y, r = demo.lesion
-    desc = (f"wsi-heatmaps synthetic demo slide; seed {seed}; {size[0]}x{size[1]} px; "
-            f"mpp {MPP}; downsamples {list(DOWNSAMPLES)}; planted lesion at x={x} y={y} r={r} px")
-    path = Path(path)
-    _write_pyramid_tiff(path, rgb, desc)
-    return DemoSlide(**{**demo.__dict__, "path": path})
+    desc = (f"wsi-heatmaps synthetic demo slide; seed {seed}; {size[0]}x{size[1]} px; mpp {MPP}; "
+            f"downsamples {list(DOWNSAMPLES)}; planted lesion (x, y, radius px) {demo.lesion}")
+    _write_pyramid_tiff(Path(path), rgb, desc)
+    return replace(demo, path=Path(path))
 
 
 def grid_coords(demo: DemoSlide, *, patch_size: int = 256, step: int = 256,
@@ -292,7 +282,7 @@ def make_demo_encoder_weights(path: str | Path, *, seed: int = ENCODER_SEED) -> 
              if not k.startswith(("layer4.", "fc."))}
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "source": f"timm resnet50 seed {seed}"})
+        save_file(state, str(tmp), metadata={"format": "pt"})  # one key: stable header bytes
     return path
 
 
@@ -397,11 +387,7 @@ def make_demo_checkpoint(path: str | Path, *, encoder: Any, seed: int = CKPT_SEE
 
 # ----------------------------------------------------------------------------------- assets
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()  # the demo files are < 50 MB
 
 
 def _write_text(path: Path, text: str) -> None:
