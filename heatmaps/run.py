@@ -17,6 +17,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from models import tune_cpu_allocator
 from models.checkpoints import load_mil_checkpoint
 from wsi_core.errors import ConfigError, WsiHeatmapsError
 from wsi_core.io import atomic_path
@@ -105,6 +106,7 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
     """
     t0 = time.perf_counter()
     device = device or default_device()
+    tune_cpu_allocator()
     df, pl_path = read_process_list(cfg.data_arguments)
     selected = df["process"].astype(float).astype(int) == 1
     rows = list(df.index[selected])          # row of each slide in the user's process list

@@ -9,6 +9,7 @@ from . import abmil, clam  # noqa: F401  (register the architectures)
 from .checkpoints import check_feature_dim, load_mil_checkpoint
 from .encoders import ENCODERS, Encoder, create_encoder, register_encoder
 from .extract import extract_features, reuse_map
+from .runtime import tune_cpu_allocator
 from .mil import (
     MIL_MODELS,
     BagPrediction,
@@ -35,4 +36,5 @@ __all__ = [
     "create_encoder",
     "extract_features",
     "reuse_map",
+    "tune_cpu_allocator",
 ]
