@@ -1,0 +1,66 @@
+"""The command line: config lookup, overrides, --dry-run, reruns, usage errors. Never prompts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from heatmaps.cli import main as cli_main
+
+pytestmark = pytest.mark.shared
+REPO = Path(__file__).resolve().parents[2]
+GOOD = {"slide_id": "CMU-1-Small-Region", "label": "class_a"}
+
+
+def _write(cfg, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def test_dry_run_resolves_every_slide_and_runs_nothing(make_fast_config, tmp_path, capsys):
+    cfg = make_fast_config(tmp_path, [GOOD, {"slide_id": "nope", "label": "class_a"}])
+    code = cli_main(["--config", str(_write(cfg, tmp_path / "c.yaml")), "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "run   CMU-1-Small-Region" in out and "CMU-1-Small-Region.svs" in out
+    assert "ERROR nope: slide nope: file not found" in out
+    assert not (tmp_path / "prod").exists() and not (tmp_path / "raw").exists()
+
+
+def test_overrides_and_save_exp_code(make_fast_config, tmp_path):
+    cfg = make_fast_config(tmp_path, [GOOD])
+    path = _write(cfg, tmp_path / "c.yaml")
+    code = cli_main(["--config", str(path), "--quiet", "--save_exp_code", "RUN2",
+                     "--set", "heatmap_arguments.cmap=viridis", "--set", "heatmap_arguments.save_ext=png"])
+    assert code == 0
+    prod = tmp_path / "prod" / "RUN2" / "class_a"
+    assert len(list(prod.glob("CMU-1-Small-Region_0.0_roi_0_*_l_-1_bi_0_-1.0.png"))) == 1
+    effective = yaml.safe_load((tmp_path / "raw" / "RUN2" / "config.yaml").read_text())
+    assert effective["heatmap_arguments"]["cmap"] == "viridis"
+    assert effective["exp_arguments"]["save_exp_code"] == "RUN2"
+
+
+def test_bad_override_and_usage(tmp_path, capsys, make_fast_config):
+    cfg = make_fast_config(tmp_path, [GOOD])
+    path = _write(cfg, tmp_path / "c.yaml")
+    assert cli_main(["--config", str(path), "--set", "heatmap_arguments.alfa=1"]) == 1
+    assert "did you mean 'heatmap_arguments.alpha'" in capsys.readouterr().err
+    assert cli_main([]) == 2
+    assert cli_main(["--config", "no_such_config.yaml"]) == 1
+    assert "config 'no_such_config.yaml' not found" in capsys.readouterr().err
+
+
+def test_template_config_is_found_by_bare_name(capsys):
+    # The template names a demo dataset that is not shipped: a dry run reports it, in one line.
+    code = cli_main(["--config", "config_template.yaml", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 1 and "heatmap_demo_dataset.csv" in err and "\n" not in err.strip()
+
+
+def test_entry_point_script_never_prompts(tmp_path):
+    res = subprocess.run([sys.executable, str(REPO / "create_heatmaps.py"), "--help"], capture_output=True,
+                         text=True, stdin=subprocess.DEVNULL, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0 and "--config" in res.stdout and "--dry-run" in res.stdout
