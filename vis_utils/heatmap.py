@@ -30,6 +30,8 @@ mean is computed on a compressed cell grid in row bands (see :mod:`vis_utils.ras
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -49,6 +51,7 @@ __all__ = ["HeatmapStyle", "render_heatmap", "read_canvas", "render_on_canvas", 
 
 BAND_PIXELS = 1 << 22      # canvas pixels per row band (~4 Mpx: 32 MiB of float64 when blurring)
 CLAM_BLOCK = 1024          # CLAM block_blending's block size, canvas px
+READ_THREADS = max(1, min(8, os.cpu_count() or 1))   # parallel slide-block decoders
 
 
 @dataclass(frozen=True)
@@ -117,11 +120,17 @@ def read_canvas(slide, *, vis_level: int, top_left: tuple[int, int],
     stepx, stepy = max(int(dsx), 1), max(int(dsy), 1)
     bw, bh = min(block_size, w), min(block_size, h)
     canvas = np.empty((h, w, 3), dtype=np.uint8)
-    for x in range(0, w, max(bw, 1)):
-        for y in range(0, h, max(bh, 1)):
-            x_end, y_end = min(w, x + bw), min(h, y + bh)
-            loc = (int(top_left[0]) + (x // bw) * bw * stepx, int(top_left[1]) + (y // bh) * bh * stepy)
-            canvas[y:y_end, x:x_end] = slide.read_region(loc, vis_level, (x_end - x, y_end - y))
+
+    def read_block(xy: tuple[int, int]) -> None:
+        x, y = xy
+        x_end, y_end = min(w, x + bw), min(h, y + bh)
+        loc = (int(top_left[0]) + (x // bw) * bw * stepx, int(top_left[1]) + (y // bh) * bh * stepy)
+        canvas[y:y_end, x:x_end] = slide.read_region(loc, vis_level, (x_end - x, y_end - y))
+
+    blocks = [(x, y) for x in range(0, w, max(bw, 1)) for y in range(0, h, max(bh, 1))]
+    # OpenSlide is thread-safe and its decoders run outside the GIL: decode blocks in parallel.
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(blocks)) or 1) as pool:
+        list(pool.map(read_block, blocks))
     return canvas
 
 
