@@ -14,6 +14,10 @@ Layout (``D`` = ``in_dim``, ``E`` = ``embed_dim``, ``A`` = ``attn_dim``, ``K`` =
 Forward: h' = patch_embed(h) (N, E); A = global_attn(h') (K, N) raw; M = softmax_N(A) @ h' (K, E),
 flattened to (1, K * E); logits = classifier(M); probs = softmax(logits). A checkpoint saved from
 MIL-Lab's Hugging Face wrapper has a leading ``model.`` on every key, which the loader strips.
+
+Instance scores (class score maps, (N, C) logits): the classifier applied to each instance
+embedding h'_i put in every head's slot, ``classifier([h'_i] * K)``, i.e. the logits the bag would
+get if every head attended to instance i alone. Instances are scored independently.
 """
 from __future__ import annotations
 
@@ -58,7 +62,11 @@ class _Plain(nn.Module):
 
 
 class ABMIL(MILModel):
-    """Attention-based MIL; K heads pooled independently and concatenated for the classifier."""
+    """Attention-based MIL; K heads pooled independently and concatenated for the classifier.
+
+    attention (K, N): raw pre-softmax logits (a heatmap shows their mean over heads when K > 1).
+    instance_scores (N, C): ``classifier(concat([h'_i] * K))``.
+    """
 
     def __init__(self, *, n_classes: int, in_dim: int = 1024, embed_dim: int = 512,
                  attn_dim: int = 384, gate: bool = True, num_fc_layers: int = 1,
@@ -89,6 +97,11 @@ class ABMIL(MILModel):
         M = (F.softmax(A, dim=1) @ hp).reshape(1, -1)
         logits = self.classifier(M)
         return logits, F.softmax(logits, dim=1), A
+
+    def instance_scores(self, h: Tensor) -> Tensor:
+        """(N, C) logits of each instance embedding repeated in every head slot."""
+        hp = self.patch_embed(self._as_bag(h))
+        return self.classifier(hp.repeat(1, self.n_branches))
 
 
 def _linear_indices(sd: Mapping[str, Tensor], prefix: str) -> list[int]:
@@ -124,7 +137,8 @@ def infer_abmil_config(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
 
 
 @register_mil_model("abmil", infer=infer_abmil_config,
-                    key_hint="patch_embed.0.weight, global_attn.attention_a.0.weight, classifier.weight")
+                    key_hint="patch_embed.0.weight, global_attn.attention_a.0.weight, classifier.weight",
+                    variants=({"gate": True}, {"gate": False}, {"gate": True, "head_dim": 32}))
 def abmil(*, n_classes: int, in_dim: int = 1024, **kw: Any) -> ABMIL:
     """ABMIL; kw: embed_dim, attn_dim, gate, num_fc_layers, num_heads, dropout, head_dim."""
     return ABMIL(n_classes=n_classes, in_dim=in_dim, **kw)

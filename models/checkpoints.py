@@ -1,4 +1,5 @@
-"""Load trained MIL checkpoints (CLAM, MIL-Lab layouts) and check them against the features.
+"""Load trained MIL checkpoints (CLAM, MIL-Lab, TransMIL, DSMIL layouts) and check them against
+the features.
 
 Accepted files (``torch.load(map_location='cpu', weights_only=True)``, zip or legacy pickle,
 CUDA tensors mapped to the CPU):
@@ -8,13 +9,21 @@ CUDA tensors mapped to the CPU):
 * DataParallel prefixes are undone: a leading ``module.`` on every key, and CLAM's legacy
   ``attention_net.module.`` -> ``attention_net.``. No other ``.module.`` is touched: the ungated
   attention net has a sub-module literally named ``module``;
-* a leading ``model.`` on every key (MIL-Lab's Hugging Face wrapper) is stripped.
+* a leading ``model.`` on every key (MIL-Lab's Hugging Face wrapper, a Lightning module's
+  ``self.model`` as in the TransMIL authors' checkpoints) is stripped.
 
-The architecture's sizes (feature width, hidden sizes, classes, gating, branches) are read from
-the tensor shapes, compared with the config, and the state dict is loaded strictly.
+Layouts per model_type: ``clam_sb`` / ``clam_mb`` (CLAM), ``abmil`` (MIL-Lab), ``transmil`` (the
+authors' ``_fc1``/``layer1``/``_fc2`` and MIL-Lab's ``patch_embed``/``blocks``/``classifier``),
+``dsmil`` (the authors' aggregators ``i_classifier.fc.0``/``b_classifier.*``). The architecture's
+sizes (feature width, hidden sizes, classes, gating, branches, heads) are read from the tensor
+shapes, compared with the config, and the state dict is loaded strictly. A file whose keys fit no
+layout is reported with the closest model_type: the registered layout sharing the largest
+fraction of key names (Jaccard index over names), e.g. "closest: dsmil (4 of 8 expected keys;
+missing b_classifier.fcc.bias, ...)".
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from pathlib import Path
@@ -25,10 +34,10 @@ from torch import Tensor
 
 from wsi_core.errors import CheckpointError
 
-from .mil import MIL_MODELS, MILModel, get_mil_spec
+from .mil import MIL_MODELS, MILModel, get_mil_spec, registered_names
 
 __all__ = ["load_mil_checkpoint", "check_feature_dim", "read_state_dict", "normalise_state_dict",
-           "FEATURE_DIM_ENCODERS"]
+           "closest_model_type", "FEATURE_DIM_ENCODERS"]
 
 #: Feature width -> the encoders that typically produce it (for mismatch messages).
 FEATURE_DIM_ENCODERS: dict[int, str] = {
@@ -96,18 +105,53 @@ def normalise_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {(new + k[len(old):] if k.startswith(old) else k): v for k, v in out.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def _expected_keys(name: str) -> tuple[frozenset[str], ...]:
+    """State-dict key names of each registered layout variant of ``name`` (2 classes, 8-d input)."""
+    spec = get_mil_spec(name)
+    return tuple(frozenset(spec.builder(n_classes=2, in_dim=8, **kw).state_dict())
+                 for kw in spec.variants)
+
+
+def closest_model_type(sd: Mapping[str, Tensor]) -> tuple[str, int, int, list[str]] | None:
+    """The registered layout closest to the key names of ``sd``.
+
+    Returns (model_type, matching key count, expected key count, sorted missing key names) of
+    the layout variant with the highest Jaccard index between its key names and those of ``sd``,
+    or None when no registered layout shares a single key name.
+    """
+    found = set(sd)
+    best: tuple[float, str, int, int, list[str]] | None = None
+    for name in registered_names():
+        for keys in _expected_keys(name):
+            hit = len(found & keys)
+            score = hit / len(found | keys)
+            if hit and (best is None or score > best[0]):
+                best = (score, name, hit, len(keys), sorted(keys - found))
+    return None if best is None else best[1:]
+
+
 def _layout_error(path: Path, model_type: str, sd: Mapping[str, Tensor]) -> CheckpointError:
-    """A wrong-model_type error when another registered layout matches, else unknown layout."""
-    others = [n for n, s in sorted(MIL_MODELS.items()) if n != model_type and s.infer(sd) is not None]
+    """A wrong-model_type error when another registered layout matches, else unknown layout
+    with the closest model_type (key-name overlap) and the keys found."""
+    others = [n for n in registered_names() if n != model_type and MIL_MODELS[n].infer(sd) is not None]
     if others:
         return CheckpointError(
             f"checkpoint {path.name} has a {others[0]} layout but model_arguments.model_type is "
             f"{model_type}; set model_type: {others[0]}"
         )
     keys = ", ".join(list(sd)[:4]) + (", ..." if len(sd) > 4 else "")
+    near = closest_model_type(sd)
+    if near is None:
+        closest = "closest: none (no key name of any model_type)"
+    else:
+        name, hit, total, missing = near
+        miss = f"; missing {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}" if missing else ""
+        closest = f"closest: {name} ({hit} of {total} expected keys{miss})"
     return CheckpointError(
-        f"checkpoint {path} has an unknown layout for model_type {model_type} (keys found: "
-        f"{keys}); expected keys like {get_mil_spec(model_type).key_hint}"
+        f"checkpoint {path} has an unknown layout for model_type {model_type} and matches no "
+        f"model_type; {closest}; keys found: {keys}; expected keys like "
+        f"{get_mil_spec(model_type).key_hint}"
     )
 
 
@@ -135,18 +179,23 @@ def load_mil_checkpoint(
     drop_out: float = 0.0,
     embed_dim: int | None = None,
     device: str | torch.device = "cpu",
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> MILModel:
     """Build the ``model_type`` architecture with the sizes read from the checkpoint and load it.
 
     ``n_classes``, ``model_size`` ('small'|'big', CLAM only) and ``embed_dim`` (the feature
     width D) are optional expectations from the config; ``drop_out`` only shapes CLAM's ungated
-    attention net when the checkpoint does not tell. Returns the model in eval mode on ``device``.
+    attention net when the checkpoint does not tell. ``model_kwargs``: builder options the
+    weights cannot tell, e.g. ``{"combine": "mean"}`` (dsmil: average the bag and max-instance
+    probabilities) or ``{"num_landmarks": 256}`` (transmil). Returns the model in eval mode on
+    ``device``.
 
     Raises:
         CheckpointError: unknown ``model_type`` (lists the valid names and the closest one);
-            missing or unreadable file; keys matching no known layout (names the file and a few
-            keys); a layout of another model_type; config values disagreeing with the checkpoint
-            (both values named); a strict load failing.
+            missing or unreadable file; keys matching no known layout (names the file, the
+            closest model_type and a few keys); a layout of another model_type (names the one
+            to set); config values disagreeing with the checkpoint (both values named); a
+            ``model_kwargs`` option the architecture rejects; a strict load failing.
     """
     spec = get_mil_spec(model_type)
     p = Path(path)
@@ -156,7 +205,14 @@ def load_mil_checkpoint(
         raise _layout_error(p, model_type, sd)
     _check_config(p, inferred, {"n_classes": n_classes, "model_size": model_size, "in_dim": embed_dim})
     kwargs = {k: v for k, v in inferred.items() if v is not None}
-    model = spec.builder(dropout=float(drop_out), **kwargs)
+    kwargs.update(model_kwargs or {})
+    try:
+        model = spec.builder(dropout=float(drop_out), **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot build {model_type} for checkpoint {p.name} with options "
+            f"{dict(model_kwargs or {})}: {str(exc).splitlines()[0]}"
+        ) from None
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:

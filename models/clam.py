@@ -18,6 +18,11 @@ Layout (``L, H`` = ``512, 256`` for ``model_size='small'``, ``512, 384`` for ``'
 Forward: h' = ReLU(Linear(h)) (N, L); A = attention(h') (K, N) raw; SB: M = softmax_N(A) @ h'
 (1, L), logits = classifiers(M); MB: M = softmax_N(A) @ h' (C, L), logits[c] = classifiers[c](M[c]).
 probs = softmax(logits). The CLAM-MB heatmap shows the attention row of the predicted class.
+
+Instance scores (class score maps, (N, C) logits): the bag classifier applied to each instance
+embedding h'_i instead of the pooled M, i.e. the logits the bag would get if all its attention
+fell on instance i: SB ``classifiers(h'_i)``; MB ``classifiers[c](h'_i)`` for each class c.
+Instances are scored independently (``instance_independent = True``).
 """
 from __future__ import annotations
 
@@ -94,6 +99,10 @@ class _ClamBase(MILModel):
     def attention_scores(self, h: Tensor) -> Tensor:
         return self._embed_and_attend(self._as_bag(h))[1]
 
+    def _embed(self, h: Tensor) -> Tensor:
+        """h (N, D) -> h' (N, L) = Dropout(ReLU(Linear(h)))."""
+        return self.attention_net[2](self.attention_net[1](self.attention_net[0](self._as_bag(h))))
+
     def _pool(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """h (N, D) -> (pooled M (K, L), raw attention (K, N))."""
         hp, A = self._embed_and_attend(self._as_bag(h))
@@ -101,7 +110,10 @@ class _ClamBase(MILModel):
 
 
 class ClamSB(_ClamBase):
-    """CLAM single-branch: one attention branch, ``classifiers`` = Linear(L, C)."""
+    """CLAM single-branch: one attention branch, ``classifiers`` = Linear(L, C).
+
+    attention (1, N): raw pre-softmax logits. instance_scores (N, C): ``classifiers(h'_i)``.
+    """
 
     def __init__(self, *, n_classes: int, in_dim: int = 1024, model_size: str = "small",
                  gate: bool = True, dropout: float = 0.0, attn_dropout: bool | None = None) -> None:
@@ -114,9 +126,17 @@ class ClamSB(_ClamBase):
         logits = self.classifiers(M)
         return logits, F.softmax(logits, dim=1), A
 
+    def instance_scores(self, h: Tensor) -> Tensor:
+        """(N, C) logits ``classifiers(h'_i)`` of each instance embedding."""
+        return self.classifiers(self._embed(h))
+
 
 class ClamMB(_ClamBase):
-    """CLAM multi-branch: one attention branch and one Linear(L, 1) classifier per class."""
+    """CLAM multi-branch: one attention branch and one Linear(L, 1) classifier per class.
+
+    attention (C, N): raw pre-softmax logits, row c = branch of class c.
+    instance_scores (N, C): column c = ``classifiers[c](h'_i)``.
+    """
 
     def __init__(self, *, n_classes: int, in_dim: int = 1024, model_size: str = "small",
                  gate: bool = True, dropout: float = 0.0, attn_dropout: bool | None = None) -> None:
@@ -130,6 +150,11 @@ class ClamMB(_ClamBase):
         M, A = self._pool(h)
         logits = torch.cat([clf(M[c]) for c, clf in enumerate(self.classifiers)]).unsqueeze(0)
         return logits, F.softmax(logits, dim=1), A
+
+    def instance_scores(self, h: Tensor) -> Tensor:
+        """(N, C) logits; column c = ``classifiers[c](h'_i)``."""
+        hp = self._embed(h)
+        return torch.cat([clf(hp) for clf in self.classifiers], dim=1)
 
     def heatmap_row(self, attention: Tensor, cls: int) -> Tensor:
         """CLAM-MB shows the branch of class ``cls`` (the predicted class in CLAM)."""
@@ -190,17 +215,18 @@ def infer_clam_config(sd: Mapping[str, Tensor], *, multi_branch: bool) -> dict[s
 
 
 _HINT = "attention_net.0.weight, attention_net.3.attention_a.0.weight, classifiers"
+_VARIANTS = ({"gate": True}, {"gate": False, "dropout": 0.0}, {"gate": False, "dropout": 0.25})
 
 
 @register_mil_model("clam_sb", infer=lambda sd: infer_clam_config(sd, multi_branch=False),
-                    key_hint=_HINT + ".weight")
+                    key_hint=_HINT + ".weight", variants=_VARIANTS)
 def clam_sb(*, n_classes: int, in_dim: int = 1024, **kw: Any) -> ClamSB:
     """CLAM-SB; kw: model_size ('small'|'big'), gate, dropout, attn_dropout."""
     return ClamSB(n_classes=n_classes, in_dim=in_dim, **kw)
 
 
 @register_mil_model("clam_mb", infer=lambda sd: infer_clam_config(sd, multi_branch=True),
-                    key_hint=_HINT + ".0.weight")
+                    key_hint=_HINT + ".0.weight", variants=_VARIANTS)
 def clam_mb(*, n_classes: int, in_dim: int = 1024, **kw: Any) -> ClamMB:
     """CLAM-MB; kw: model_size ('small'|'big'), gate, dropout, attn_dropout."""
     return ClamMB(n_classes=n_classes, in_dim=in_dim, **kw)

@@ -3,21 +3,30 @@
 Every multiple-instance-learning (MIL) model in this package is a :class:`MILModel`:
 
 * ``forward(h)`` takes one bag of patch features ``h`` (N, D) float32 and returns
-  ``(logits (1, C), probs (1, C), attention (K, N))`` where ``attention`` is the **raw,
-  pre-softmax** attention logit of every instance for each of the K attention branches
-  (K = 1 for CLAM-SB / single-head ABMIL, K = n_classes for CLAM-MB).
-* ``attention_scores(h)`` returns only that (K, N) raw attention. Instances are scored
-  independently, so scoring a bag in slices of N and concatenating is exact.
+  ``(logits (1, C), probs (1, C), attention (K, N))`` where ``attention`` is the attention of
+  every instance for each of the K attention branches (K = 1 for CLAM-SB / single-head ABMIL /
+  TransMIL, K = n_classes for CLAM-MB and DSMIL): the **raw, pre-softmax** logit, except for
+  TransMIL whose class-token attention is a probability (see ``attention_kind``).
+* ``attention_scores(h)`` returns only that (K, N) attention. For ``instance_independent``
+  models (CLAM, ABMIL) each instance is scored on its own, so slicing a bag is exact; bag-level
+  models (TransMIL, DSMIL: ``instance_independent = False``) are always scored on the whole bag.
+  ``attention_kind`` says what the numbers are: ``"logit"`` (raw pre-softmax, CLAM's
+  convention, also DSMIL) or ``"probability"`` (TransMIL's class-token attention).
+* ``instance_scores(h)`` returns per-instance class evidence (N, C) logits ("class score maps",
+  Marugoto-style high-resolution heatmaps): the bag head applied to each instance embedding;
+  each architecture's docstring says exactly what.
 * ``heatmap_row(attention, cls)`` picks the (N,) row a heatmap shows for class ``cls``.
 
 Architectures register themselves with :func:`register_mil_model` (timm style); build one with
-:func:`create_mil_model`. Importing :mod:`models` registers the built-in ones.
+:func:`create_mil_model`. The built-in ones (``abmil``, ``clam_sb``, ``clam_mb``, ``dsmil``,
+``transmil``) are imported on first use of the registry, whatever :mod:`models` imports.
 """
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -35,6 +44,8 @@ __all__ = [
     "get_mil_spec",
     "predict_bag",
     "attention_for_class",
+    "instance_scores_for",
+    "registered_names",
 ]
 
 
@@ -42,8 +53,10 @@ __all__ = [
 class BagPrediction:
     """Slide-level output of one MIL model on one bag.
 
-    logits: (C,) float32; probs: (C,) float32 softmax of the logits;
-    attention: (K, N) float32 raw pre-softmax attention (K = 1, or n_classes for clam_mb).
+    logits: (C,) float32; probs: (C,) float32 softmax of the logits (per-class sigmoid for
+    multi-label models, ``MILModel.multi_label``: DSMIL);
+    attention: (K, N) float32 attention (K = 1, or n_classes for clam_mb / dsmil); raw
+    pre-softmax logits unless the model's ``attention_kind`` is ``"probability"`` (TransMIL).
     """
 
     logits: np.ndarray
@@ -60,15 +73,27 @@ class MILModel(nn.Module):
     """Base class of every MIL architecture (see the module docstring for the contract).
 
     Subclasses set ``n_classes`` (C), ``in_dim`` (D, the patch-feature width) and
-    ``n_branches`` (K) and implement :meth:`attention_scores` and :meth:`forward`.
+    ``n_branches`` (K) and implement :meth:`attention_scores`, :meth:`instance_scores` and
+    :meth:`forward`. Class flags: ``instance_independent`` (True: an instance's attention and
+    scores do not depend on the other instances, so bags may be scored in slices),
+    ``attention_kind`` (``"logit"`` | ``"probability"``), ``multi_label`` (probs are per-class
+    sigmoids instead of a softmax).
     """
 
     n_classes: int
     in_dim: int
     n_branches: int = 1
+    instance_independent: ClassVar[bool] = True
+    attention_kind: ClassVar[str] = "logit"
+    multi_label: ClassVar[bool] = False
 
     def attention_scores(self, h: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """Raw attention (K, N) float32 of a bag (or any slice of one) ``h`` (N, D)."""
+        """Attention (K, N) float32 of a bag ``h`` (N, D) (any slice of one when
+        ``instance_independent``)."""
+        raise NotImplementedError
+
+    def instance_scores(self, h: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Per-instance class evidence (N, C) float32 logits of a bag ``h`` (N, D)."""
         raise NotImplementedError
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # pragma: no cover
@@ -104,27 +129,47 @@ class MILSpec:
     ``n_classes`` and ``in_dim``) read from the tensor shapes of a state dict in this
     architecture's layout, or None when the keys are not this layout.
     key_hint: a few characteristic state-dict keys, quoted in error messages.
+    variants: builder keyword sets whose state-dict key names together cover the layouts this
+    entry reads (e.g. gated / ungated), used to find the closest model_type of an unknown file.
     """
 
     name: str
     builder: Callable[..., MILModel]
     infer: Callable[[Mapping[str, Tensor]], dict[str, Any] | None]
     key_hint: str
+    variants: tuple[dict[str, Any], ...] = ({},)
 
 
 MIL_MODELS: dict[str, MILSpec] = {}
 
+#: Modules of the built-in architectures, imported (and so registered) on first registry use.
+BUILTIN_MODULES = ("clam", "abmil", "transmil", "dsmil")
+
+
+def _ensure_builtins() -> None:
+    """Import the built-in architecture modules once so that the registry is complete."""
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(f"{__package__}.{mod}")
+
 
 def register_mil_model(
-    name: str, *, infer: Callable[[Mapping[str, Tensor]], dict[str, Any] | None], key_hint: str
+    name: str, *, infer: Callable[[Mapping[str, Tensor]], dict[str, Any] | None], key_hint: str,
+    variants: tuple[dict[str, Any], ...] = ({},),
 ) -> Callable[[Callable[..., MILModel]], Callable[..., MILModel]]:
     """Decorator: register ``builder`` under ``name`` with its state-dict layout reader."""
 
     def deco(builder: Callable[..., MILModel]) -> Callable[..., MILModel]:
-        MIL_MODELS[name] = MILSpec(name=name, builder=builder, infer=infer, key_hint=key_hint)
+        MIL_MODELS[name] = MILSpec(name=name, builder=builder, infer=infer, key_hint=key_hint,
+                                   variants=tuple(variants))
         return builder
 
     return deco
+
+
+def registered_names() -> list[str]:
+    """Sorted names of every registered architecture (built-ins included)."""
+    _ensure_builtins()
+    return sorted(MIL_MODELS)
 
 
 def get_mil_spec(name: str) -> MILSpec:
@@ -133,6 +178,7 @@ def get_mil_spec(name: str) -> MILSpec:
     Raises:
         CheckpointError: unknown name; the message lists the valid names and the closest one.
     """
+    _ensure_builtins()
     try:
         return MIL_MODELS[name]
     except KeyError:
@@ -207,27 +253,61 @@ def attention_for_class(
     device: str | torch.device = "cpu",
     batch_size: int = 4096,
 ) -> np.ndarray:
-    """Raw attention (N,) float32 of the branch a heatmap of class ``cls`` shows.
+    """Attention (N,) float32 of the branch a heatmap of class ``cls`` shows.
 
-    That is row ``cls`` for clam_mb and the single branch otherwise (see
-    :meth:`MILModel.heatmap_row`). Scored in slices of ``batch_size`` instances, which is exact
-    because instances are scored independently.
+    That is row ``cls`` for clam_mb / dsmil and the single branch otherwise (see
+    :meth:`MILModel.heatmap_row`); raw logits, or probabilities for ``attention_kind ==
+    "probability"`` (TransMIL). ``instance_independent`` models are scored in slices of
+    ``batch_size`` instances (exact); bag-level ones (TransMIL, DSMIL) on the whole bag at once,
+    because an instance's attention depends on the others.
 
     Raises:
         FeatureFileError: empty bag, or a feature width other than ``model.in_dim``.
         ValueError: ``cls`` outside 0..C-1 or ``batch_size`` < 1.
     """
+    _check_cls_and_batch(model, cls, batch_size)
+    return _batched(model, features, device, batch_size,
+                    lambda chunk: model.heatmap_row(model.attention_scores(chunk), cls))
+
+
+def instance_scores_for(
+    model: MILModel,
+    features: np.ndarray | Tensor,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 4096,
+) -> np.ndarray:
+    """Per-instance class evidence (N, C) float32 logits (:meth:`MILModel.instance_scores`).
+
+    A "class score map" per class: column c scores every patch for class c (Marugoto-style
+    high-resolution heatmaps; a softmax over C per row gives per-patch class probabilities).
+    Batched by ``batch_size`` for ``instance_independent`` models, the whole bag otherwise.
+
+    Raises:
+        FeatureFileError: empty bag, or a feature width other than ``model.in_dim``.
+        ValueError: ``batch_size`` < 1.
+    """
+    _check_cls_and_batch(model, 0, batch_size)
+    return _batched(model, features, device, batch_size, model.instance_scores)
+
+
+def _check_cls_and_batch(model: MILModel, cls: int, batch_size: int) -> None:
     if not 0 <= cls < model.n_classes:
         raise ValueError(f"cls must be in 0..{model.n_classes - 1}, got {cls}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _batched(model: MILModel, features: np.ndarray | Tensor, device: str | torch.device,
+             batch_size: int, fn: Callable[[Tensor], Tensor]) -> np.ndarray:
+    """Concatenate ``fn`` (per-instance results along dim 0) over slices of the bag, in eval
+    mode under ``torch.inference_mode``; one slice holding the whole bag for bag-level models."""
     model.eval()
     model.to(device)
     h = _features_tensor(model, features, "cpu")
-    out = np.empty(h.shape[0], dtype=np.float32)
+    step = batch_size if model.instance_independent else h.shape[0]
+    parts = []
     with torch.inference_mode():
-        for start in range(0, h.shape[0], batch_size):
-            chunk = h[start:start + batch_size].to(device)
-            row = model.heatmap_row(model.attention_scores(chunk), cls)
-            out[start:start + chunk.shape[0]] = row.float().cpu().numpy()
-    return out
+        for start in range(0, h.shape[0], step):
+            parts.append(fn(h[start:start + step].to(device)).float().cpu())
+    return torch.cat(parts, dim=0).numpy().astype(np.float32, copy=False)

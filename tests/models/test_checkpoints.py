@@ -128,6 +128,18 @@ def test_unknown_layout_names_file_and_keys(tmp_path: Path) -> None:
     assert f"checkpoint {path} has an unknown layout for model_type clam_sb" in msg
     assert "keys found: encoder.fc1.weight, encoder.fc1.bias" in msg
     assert "expected keys like attention_net.0.weight" in msg
+    assert "matches no model_type; closest: none (no key name of any model_type)" in msg
+
+
+def test_unknown_layout_names_closest_model_type(tmp_path: Path) -> None:
+    """A CLAM file missing its classifier fits no layout; the closest one is named with counts."""
+    sd = _model("clam_sb", {"gate": True}, n_classes=2).state_dict()
+    del sd["classifiers.weight"], sd["classifiers.bias"]
+    torch.save(sd, tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_mil_checkpoint(tmp_path / "cut.pt", model_type="clam_sb")
+    assert ("matches no model_type; closest: clam_sb (12 of 14 expected keys; missing "
+            "classifiers.bias, classifiers.weight); keys found: attention_net.0.weight") in str(info.value)
 
 
 def test_layout_of_another_model_type(tmp_path: Path) -> None:
@@ -141,7 +153,7 @@ def test_unknown_model_type_suggests(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
         load_mil_checkpoint(tmp_path / "any.pt", model_type="abmill")
     assert str(info.value) == ("unknown model_arguments.model_type 'abmill'; valid names: "
-                               "abmil, clam_mb, clam_sb; did you mean 'abmil'?")
+                               "abmil, clam_mb, clam_sb, dsmil, transmil; did you mean 'abmil'?")
 
 
 def test_missing_file(tmp_path: Path) -> None:

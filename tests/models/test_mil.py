@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import models
-from models.mil import MIL_MODELS, create_mil_model, predict_bag, attention_for_class
+from models.mil import MIL_MODELS, create_mil_model, predict_bag, attention_for_class, registered_names
 from wsi_core.errors import CheckpointError, FeatureFileError
 
 ARCHS = [
@@ -26,6 +26,9 @@ def _bag(n: int, d: int = 64, seed: int = 0) -> torch.Tensor:
 def test_registry_has_builtins() -> None:
     assert {"clam_sb", "clam_mb", "abmil"} <= set(MIL_MODELS)
     assert models.MIL_MODELS is MIL_MODELS
+    # the bag-level architectures register on first registry use, whatever models/ imports
+    assert registered_names() == ["abmil", "clam_mb", "clam_sb", "dsmil", "transmil"]
+    assert set(MIL_MODELS) == set(registered_names())
 
 
 @pytest.mark.parametrize("name,kw", ARCHS)
