@@ -47,7 +47,8 @@ from .raster import (
     tissue_mask,
 )
 
-__all__ = ["HeatmapStyle", "render_heatmap", "read_canvas", "render_on_canvas", "blur_ksize"]
+__all__ = ["HeatmapStyle", "HeatmapPlan", "plan_heatmap", "render_heatmap", "read_canvas",
+           "render_on_canvas", "blur_ksize"]
 
 BAND_PIXELS = 1 << 22      # canvas pixels per row band (~4 Mpx: 32 MiB of float64 when blurring)
 CLAM_BLOCK = 1024          # CLAM block_blending's block size, canvas px
@@ -265,6 +266,62 @@ def _roi_region(slide, roi, scale: np.ndarray, vis_level: int):
     return (x1, y1), (x2, y2), (int(size[0]), int(size[1]))
 
 
+@dataclass(frozen=True)
+class HeatmapPlan:
+    """What :func:`render_heatmap` settles before it touches pixels (module steps 1-3).
+
+    vis_level: resolved pyramid level. scale: ``(2,)`` float64 ``(1 / dsx, 1 / dsy)``.
+    top_left: level-0 px ``(x, y)`` of the canvas origin (ROI top-left, else ``(0, 0)``).
+    region_size: canvas ``(w, h)`` px at ``vis_level`` (before ``custom_downsample``).
+    scores: ``(n,)`` float scores on the 0-1 scale (percentile / 100), after the ROI screen.
+    coords: ``(n, 2)`` int64 canvas px top-left ``(x, y)``. patch_size: ``(pw, ph)`` canvas px.
+    threshold: colour patches with ``score >= threshold`` (0-1 scale).
+    """
+
+    vis_level: int
+    scale: np.ndarray
+    top_left: tuple[int, int]
+    region_size: tuple[int, int]
+    scores: np.ndarray
+    coords: np.ndarray
+    patch_size: tuple[int, int]
+    threshold: float
+
+
+def plan_heatmap(slide, scores, coords, *, patch_size_level0: tuple[int, int], vis_level: int,
+                 style: HeatmapStyle, convert_to_percentiles: bool,
+                 roi: tuple[int, int, int, int] | None = None) -> HeatmapPlan:
+    """Resolve the level, ROI, canvas geometry, percentiles and threshold of a heatmap exactly as
+    :func:`render_heatmap` does (percentiles are computed once, over all kept scores), so other
+    renderers (the banded TIFF writer) draw the same pixels. Arguments and errors as
+    :func:`render_heatmap`."""
+    if vis_level < 0:
+        vis_level = slide.best_level_for_downsample(32)
+    if vis_level >= slide.level_count:
+        raise ConfigError(
+            f"{slide.slide_id}: vis_level {vis_level} does not exist (levels 0-"
+            f"{slide.level_count - 1}); set heatmap_arguments.vis_level to -1 or a valid level"
+        )
+    dsx, dsy = slide.level_downsamples[vis_level]
+    scale = np.array([1 / dsx, 1 / dsy])
+    scores, coords = _flat_scores(scores, coords, slide.slide_id)
+    threshold = 0.0
+    if style.binarize:
+        threshold = 1.0 / max(len(scores), 1) if style.binary_thresh < 0 else float(style.binary_thresh)
+    top_left, bot_right, region_size = _roi_region(slide, roi, scale, vis_level)
+    if roi is not None:
+        keep = np.all(coords >= np.array(top_left), axis=1) & np.all(coords <= np.array(bot_right), axis=1)
+        scores, coords = scores[keep], coords[keep] - np.array(top_left)
+    patch_size = tuple(int(v) for v in np.ceil(np.array(patch_size_level0) * scale).astype(int))
+    coords = np.ceil(coords * scale).astype(np.int64)
+    if convert_to_percentiles:
+        scores = rank_percentiles(scores)
+    scores = scores / 100
+    return HeatmapPlan(vis_level=int(vis_level), scale=scale, top_left=tuple(top_left),
+                       region_size=tuple(region_size), scores=scores, coords=coords,
+                       patch_size=patch_size, threshold=threshold)
+
+
 def render_heatmap(slide, scores, coords, *, patch_size_level0: tuple[int, int], vis_level: int,
                    contours, style: HeatmapStyle, convert_to_percentiles: bool,
                    roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
@@ -293,28 +350,13 @@ def render_heatmap(slide, scores, coords, *, patch_size_level0: tuple[int, int],
         RoiError: the ROI is empty or outside the slide.
         ConfigError (from the colormap): unknown ``style.cmap``.
     """
-    if vis_level < 0:
-        vis_level = slide.best_level_for_downsample(32)
-    if vis_level >= slide.level_count:
-        raise ConfigError(
-            f"{slide.slide_id}: vis_level {vis_level} does not exist (levels 0-"
-            f"{slide.level_count - 1}); set heatmap_arguments.vis_level to -1 or a valid level"
-        )
-    dsx, dsy = slide.level_downsamples[vis_level]
-    scale = np.array([1 / dsx, 1 / dsy])
-    scores, coords = _flat_scores(scores, coords, slide.slide_id)
-    threshold = 0.0
-    if style.binarize:
-        threshold = 1.0 / max(len(scores), 1) if style.binary_thresh < 0 else float(style.binary_thresh)
-    top_left, bot_right, region_size = _roi_region(slide, roi, scale, vis_level)
-    if roi is not None:
-        keep = np.all(coords >= np.array(top_left), axis=1) & np.all(coords <= np.array(bot_right), axis=1)
-        scores, coords = scores[keep], coords[keep] - np.array(top_left)
-    patch_size = tuple(int(v) for v in np.ceil(np.array(patch_size_level0) * scale).astype(int))
-    coords = np.ceil(coords * scale).astype(np.int64)
-    if convert_to_percentiles:
-        scores = rank_percentiles(scores)
-    scores = scores / 100
+    plan = plan_heatmap(slide, scores, coords, patch_size_level0=patch_size_level0,
+                        vis_level=vis_level, style=style,
+                        convert_to_percentiles=convert_to_percentiles, roi=roi)
+    vis_level, scale, top_left, region_size = (plan.vis_level, plan.scale, plan.top_left,
+                                               plan.region_size)
+    scores, coords, patch_size, threshold = (plan.scores, plan.coords, plan.patch_size,
+                                             plan.threshold)
     tissue = None
     if style.segment and contours is not None:
         tissue = tissue_mask(contours, region_size=region_size, scale=(scale[0], scale[1]),

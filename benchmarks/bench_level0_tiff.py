@@ -1,0 +1,185 @@
+"""Benchmark: a full-resolution (vis_level 0) heatmap of a 100,000 x 80,000 px slide as a
+pyramidal TIFF, with :func:`vis_utils.tiled.render_heatmap_tiff`. Targets: peak RSS <= 2 GB,
+minutes of wall time.
+
+Steps:
+
+1. ``../shared/tools/make_large_slide.py`` writes the slide (4 levels, downsample 4^k, JPEG q80)
+   into a work directory (kept and reused with ``--workdir``). The tool needs the ``imagecodecs``
+   package; when it is missing, a stand-in module (OpenCV JPEG, 4:2:0 YCbCr - the same layout,
+   plus tifffile's pure-Python codecs) is put on its ``PYTHONPATH``.
+2. ``prepare``: tissue contours (``segment_tissue``, CLAM defaults), patches 256 px step 128 at
+   level 0 (``patch_grid``), smooth pseudo-random scores -> ``scores.h5`` + ``contours.geojson``.
+3. ``render`` runs in a fresh process, so its peak RSS (``ru_maxrss`` / ``VmHWM``) is that of
+   the render alone: reads the patches, opens the slide, renders the CLAM-semantics heatmap
+   (alpha 0.4, jet, tissue mask, rank percentiles) at vis_level 0 band by band and writes a JPEG
+   q90 pyramidal TIFF; then reopens it with OpenSlide and prints level sizes and mpp.
+
+Run from the repository root:
+``python benchmarks/bench_level0_tiff.py [--width 100000 --height 80000] [--workdir DIR]``
+(use ``--width 20000 --height 16000`` for a quick run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TOOL = REPO.parent / "shared" / "tools" / "make_large_slide.py"
+SHIM = '''"""Stand-in for imagecodecs (benchmark only): OpenCV JPEG, tifffile's Python codecs."""
+import importlib.util, os
+_spec = importlib.util.find_spec("tifffile")
+_path = os.path.join(list(_spec.submodule_search_locations)[0], "_imagecodecs.py")
+_mod_spec = importlib.util.spec_from_file_location("_tifffile_pure_codecs", _path)
+_mod = importlib.util.module_from_spec(_mod_spec)
+_mod_spec.loader.exec_module(_mod)
+globals().update({k: v for k, v in vars(_mod).items() if not k.startswith("__")})
+__version__ = "0-opencv-shim"
+
+def jpeg_encode(data, level=None, subsampling=None, colorspace=None, outcolorspace=None, **kw):
+    import cv2
+    img = cv2.cvtColor(data, cv2.COLOR_RGB2BGR) if data.ndim == 3 and data.shape[2] == 3 else data
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(level or 75),
+                                         cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                         cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420])
+    return buf.tobytes()
+'''
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process, MiB (VmHWM, else ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_slide(workdir: Path, width: int, height: int) -> Path:
+    out = workdir / f"large_{width}x{height}.tiff"
+    if out.exists():
+        print(f"slide: reusing {out}")
+        return out
+    env = dict(os.environ)
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        shim = workdir / "shim"
+        shim.mkdir(exist_ok=True)
+        (shim / "imagecodecs.py").write_text(SHIM)
+        env["PYTHONPATH"] = os.pathsep.join([str(shim), env.get("PYTHONPATH", "")])
+    t = time.perf_counter()
+    part = out.with_name(out.name + ".part.tiff")
+    subprocess.run([sys.executable, str(TOOL), "--width", str(width), "--height", str(height),
+                    "-o", str(part)], check=True, env=env, stdout=subprocess.DEVNULL)
+    part.replace(out)
+    print(f"slide: {out} written in {time.perf_counter() - t:.1f} s "
+          f"({out.stat().st_size / 2**20:.0f} MiB)")
+    return out
+
+
+def prepare(slide_path: Path, workdir: Path) -> None:
+    import numpy as np
+    from vis_utils.tiled import write_coords_h5
+    from wsi_core import open_slide
+    from wsi_core.patching import patch_grid
+    from wsi_core.tissue import SegmentationParams, save_contours_geojson, segment_tissue
+
+    t = time.perf_counter()
+    with open_slide(slide_path) as slide:
+        contours = segment_tissue(slide, SegmentationParams())
+        t_seg = time.perf_counter() - t
+        coords = patch_grid(contours, level_dimensions=slide.level_dimensions,
+                            level_downsamples=slide.level_downsamples, patch_level=0,
+                            patch_size=256, step_size=128)
+    t_grid = time.perf_counter() - t - t_seg
+    x, y = coords[:, 0] / 7000.0, coords[:, 1] / 5000.0
+    rng = np.random.default_rng(0)
+    scores = (np.sin(x) * np.cos(y * 1.3) + 0.3 * np.sin(3 * x + y)
+              + 0.2 * rng.standard_normal(len(coords))).astype(np.float32)
+    write_coords_h5(workdir / "scores_coords.h5", coords, scores, patch_size=256, step=128,
+                    patch_level=0, encoder="synthetic")
+    save_contours_geojson(contours, workdir / "contours.geojson", properties={})
+    print(f"prepare: {len(contours)} tissue contours in {t_seg:.1f} s; {len(coords):,} patches "
+          f"(256 px, step 128) in {t_grid:.1f} s; prepare peak RSS {peak_rss_mib():.0f} MiB")
+
+
+def render(slide_path: Path, workdir: Path) -> dict:
+    import h5py
+    import openslide
+    from vis_utils.heatmap import HeatmapStyle
+    from vis_utils.tiled import render_heatmap_tiff
+    from wsi_core import open_slide
+    from wsi_core.tissue import load_contours_geojson
+
+    with h5py.File(workdir / "scores_coords.h5", "r") as f:
+        coords, scores = f["coords"][:], f["attention_scores"][:]
+    contours, _ = load_contours_geojson(workdir / "contours.geojson")
+    out = workdir / "heatmap_level0.tiff"
+    t = time.perf_counter()
+    with open_slide(slide_path) as slide:
+        render_heatmap_tiff(slide, scores, coords, patch_size_level0=(256, 256), vis_level=0,
+                            contours=contours,
+                            style=HeatmapStyle(cmap="jet", alpha=0.4, overlap=0.5),
+                            convert_to_percentiles=True, out_path=out, quality=90)
+    seconds = time.perf_counter() - t
+    osr = openslide.OpenSlide(str(out))
+    result = {
+        "render_seconds": round(seconds, 1), "peak_rss_mib": round(peak_rss_mib()),
+        "cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),
+        "patches": int(len(coords)), "out_mib": round(out.stat().st_size / 2**20),
+        "levels": [list(d) for d in osr.level_dimensions],
+        "mpp": [osr.properties.get("openslide.mpp-x"), osr.properties.get("openslide.mpp-y")],
+        "cpus": os.cpu_count(),
+    }
+    osr.close()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--width", type=int, default=100_000)
+    ap.add_argument("--height", type=int, default=80_000)
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep the slide and outputs here (default: a temporary directory)")
+    ap.add_argument("--stage", choices=["all", "render"], default="all", help=argparse.SUPPRESS)
+    ap.add_argument("--slide", type=Path, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.stage == "render":
+        print(json.dumps(render(a.slide, a.workdir)))
+        return
+    tmp = None
+    if a.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_level0_tiff_")
+        a.workdir = Path(tmp.name)
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        slide = make_slide(a.workdir, a.width, a.height)
+        prepare(slide, a.workdir)
+        proc = subprocess.run([sys.executable, __file__, "--stage", "render", "--slide", str(slide),
+                               "--workdir", str(a.workdir)], check=True, capture_output=True,
+                              text=True)
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"render_heatmap_tiff vis_level 0 {a.width}x{a.height}: {res['render_seconds']} s "
+              f"({res['cpu_seconds']} CPU-s), "
+              f"peak RSS {res['peak_rss_mib']} MiB (target <= 2048), {res['patches']:,} patches, "
+              f"TIFF {res['out_mib']} MiB, {len(res['levels'])} levels {res['levels'][:3]}..., "
+              f"mpp {res['mpp']}, {res['cpus']} CPUs, load average {os.getloadavg()[0]:.1f}")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Pyramidal TIFF output: the writer read back through OpenSlide, the banded heatmap renderer
+against render_heatmap (pixel-equal with lossless deflate), planted patterns, size limits."""
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import h5py
+import numpy as np
+import openslide
+import pytest
+import tifffile
+
+from vis_utils.heatmap import HeatmapStyle, render_heatmap
+from vis_utils.raster import colormap_lut, tissue_mask
+from vis_utils.tiff import check_raster_size, pyramid_sizes, write_pyramidal_tiff
+from vis_utils.tiled import (
+    _scaled_contours, band_tissue_mask, coords_h5_path, render_heatmap_tiff, scores_tiff_path,
+    write_coords_h5,
+)
+from wsi_core import open_slide
+from wsi_core.errors import ConfigError, FeatureFileError
+from wsi_core.tissue import TissueContours, load_clam_mask_pkl
+
+from .clam_oracle import FakeSlide
+
+
+def _image(w: int, h: int) -> np.ndarray:
+    """Smooth gradients plus flat colour blocks, (h, w, 3) uint8 (JPEG-friendly)."""
+    y, x = np.mgrid[:h, :w]
+    img = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1),
+                    np.full_like(x, 200)], axis=-1).astype(np.uint8)
+    img[40:140, 60:200] = (255, 0, 0)
+    img[200:330, 300:460] = (0, 0, 255)
+    img[350:420, 80:260] = (0, 255, 0)
+    return img
+
+
+def _read(path, level=0) -> np.ndarray:
+    with openslide.OpenSlide(str(path)) as osr:
+        w, h = osr.level_dimensions[level]
+        return np.asarray(osr.read_region((0, 0), level, (w, h)))[..., :3]
+
+
+def _box_down(img: np.ndarray, times: int) -> np.ndarray:
+    for _ in range(times):
+        h, w = img.shape[0] // 2, img.shape[1] // 2
+        img = cv2.resize(img[:2 * h, :2 * w], (w, h), interpolation=cv2.INTER_AREA)
+    return img
+
+
+@pytest.fixture(scope="module")
+def picture() -> np.ndarray:
+    return _image(700, 530)
+
+
+def test_jpeg_tiff_opens_in_openslide(tmp_path, picture):
+    calls = []
+
+    def band(y0, y1):
+        calls.append((y0, y1))
+        return picture[y0:y1]
+
+    out = write_pyramidal_tiff(tmp_path / "a.tiff", band, size=(700, 530), mpp=(0.25, 0.5),
+                               min_size=100, band_rows=200, description="test")
+    assert calls == [(0, 200), (200, 400), (400, 530)]
+    with openslide.OpenSlide(str(out)) as osr:
+        assert osr.level_dimensions == ((700, 530), (350, 265), (175, 132), (87, 66))
+        assert osr.properties["openslide.vendor"] == "generic-tiff"
+        assert float(osr.properties["openslide.mpp-x"]) == pytest.approx(0.25, rel=1e-9)
+        assert float(osr.properties["openslide.mpp-y"]) == pytest.approx(0.5, rel=1e-9)
+    level0 = _read(out).astype(int)
+    # colours decode right (YCbCr tagged as such): flat blocks within JPEG q90 noise
+    assert np.abs(level0[60:120, 80:180] - (255, 0, 0)).max() <= 4
+    assert np.abs(level0[220:310, 320:440] - (0, 0, 255)).max() <= 4
+    assert np.abs(level0 - picture).mean() < 1.0
+    level2 = _read(out, 2).astype(int)
+    assert np.abs(level2 - _box_down(picture, 2)).mean() < 1.5
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_deflate_tiff_is_lossless_at_every_level(tmp_path, picture, bigtiff):
+    bands = [picture[:37], picture[37:300], picture[300:]]      # irregular band heights
+    out = write_pyramidal_tiff(tmp_path / "b.tif", iter(bands), size=(700, 530), mpp=None,
+                               compression="deflate", min_size=100, bigtiff=bigtiff)
+    assert pyramid_sizes((700, 530), min_size=100) == [(700, 530), (350, 265), (175, 132),
+                                                       (87, 66)]
+    for level in range(4):                                      # odd sizes crop a column/row
+        assert np.array_equal(_read(out, level), _box_down(picture, level))
+    with tifffile.TiffFile(out) as tf:
+        assert tf.is_bigtiff == bigtiff and len(tf.pages) == 4
+        assert tf.pages[1].subfiletype == 1 and tf.pages[0].tile == (256, 256)
+
+
+def test_grey_tiff_and_bad_input(tmp_path):
+    grey = (np.arange(300 * 260) % 251).astype(np.uint8).reshape(260, 300)
+    out = write_pyramidal_tiff(tmp_path / "g.tif", grey, size=(300, 260), mpp=(1.0, 1.0),
+                               compression="none", min_size=300)
+    assert np.array_equal(_read(out)[..., 0], grey)
+    with pytest.raises(ValueError, match="the bands gave 100 rows, expected 260"):
+        write_pyramidal_tiff(tmp_path / "x.tif", [grey[:100]], size=(300, 260), mpp=None)
+    with pytest.raises(ConfigError, match="unknown TIFF compression 'lzw'"):
+        write_pyramidal_tiff(tmp_path / "x.tif", grey, size=(300, 260), mpp=None, compression="lzw")
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_check_raster_size_messages():
+    check_raster_size(65535, 1000, "jpg")
+    check_raster_size(100000, 80000, "tiff")
+    with pytest.raises(ConfigError) as e:
+        check_raster_size(100000, 80000, "png")
+    assert str(e.value) == ("a level-0 PNG of 100000x80000 px exceeds PNG/JPEG limits (JPEG 65,535 "
+                            "px per side; PNG decoders ~2^31 px); use save_ext: tiff")
+    with pytest.raises(ConfigError, match="a level-0 JPEG of 70000x100 px exceeds"):
+        check_raster_size(70000, 100, ".jpeg")
+
+
+def test_write_coords_h5(tmp_path):
+    coords = np.array([[0, 0], [128, 0], [0, 128]], dtype=np.int32)
+    path = coords_h5_path(tmp_path / "slide_heatmap.tiff")
+    assert path.name == "slide_heatmap_coords.h5"
+    write_coords_h5(path, coords, np.array([0.1, 0.5, 0.9]), patch_size=256, step=128,
+                    patch_level=0, encoder="uni_v2", slide_id="slide")
+    with h5py.File(path, "r") as f:
+        assert f["coords"].dtype == np.int64 and f["coords"].shape == (3, 2)
+        assert f["attention_scores"].dtype == np.float32 and f["attention_scores"].shape == (3, 1)
+        assert dict(f.attrs) == {"patch_size": 256, "step_size": 128, "patch_level": 0,
+                                 "encoder": "uni_v2", "slide_id": "slide"}
+        assert f["coords"].attrs["patch_size"] == 256
+    with pytest.raises(FeatureFileError, match=r"coords \(3, 2\) and scores \(2,\) do not match"):
+        write_coords_h5(path, coords, np.array([0.1, 0.5]), patch_size=256, step=128,
+                        patch_level=0, encoder="uni_v2")
+
+
+def test_band_tissue_mask_equals_full_mask_rows():
+    """OpenCV re-derives clipped polygon edges, so a naive band drawing differs at band borders
+    (measured: 64 px in 1066 x 1031 for 150-row bands); band_tissue_mask must not."""
+    ellipse = cv2.ellipse2Poly((1600, 1550), (1500, 1400), 0, 0, 360, 3).reshape(-1, 1, 2)
+    triangle = np.array([[[200, 100]], [[3000, 1700]], [[900, 3050]]])      # long edges
+    contours = TissueContours(
+        tissue=[ellipse.astype(np.int32), triangle.astype(np.int32)],
+        holes=[[cv2.ellipse2Poly((1500, 1500), (300, 200), 0, 0, 360, 7).reshape(-1, 1, 2)
+                .astype(np.int32)], []])
+    scale = np.array([1066 / 3200, 1031 / 3100])
+    for tl, size in [((0, 0), (1066, 1031)), ((37, 55), (900, 1000))]:
+        full = tissue_mask(contours, region_size=size, scale=scale, top_left=tl, use_holes=True)
+        scaled = _scaled_contours(contours, scale, True)
+        for a in range(0, size[1], 150):
+            b = min(size[1], a + 150)
+            band = band_tissue_mask(scaled, top_left=tl, scale=scale, width=size[0], rows=(a, b),
+                                    height=size[1])
+            assert np.array_equal(band, full[a:b]), (tl, a)
+
+
+def _grid(w0, h0, patch, step, seed):
+    xs, ys = np.meshgrid(np.arange(0, w0 - patch // 2, step), np.arange(0, h0 - patch // 2, step))
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64)
+    return coords, np.random.default_rng(seed).random(len(coords)).astype(np.float32)
+
+
+@pytest.mark.parametrize("style", [
+    HeatmapStyle(alpha=0.4, overlap=0.5),
+    HeatmapStyle(alpha=0.5, overlap=0.5, blur=True),
+    HeatmapStyle(alpha=1.0, binarize=True, binary_thresh=0.3, cmap="coolwarm"),
+], ids=["blend", "blur", "alpha1-binarize"])
+def test_banded_equals_render_heatmap_at_noninteger_level(tmp_path, style):
+    """Level 1 at downsample 3.001 / 3.005 (shifted CLAM block reads), 2 x 2 CLAM blocks at the
+    level, bands of 150 rows that cut through blocks and patches."""
+    slide = FakeSlide(_image(3200, 3100), [(1066, 1031)], slide_id="fake")
+    contours = TissueContours(
+        tissue=[cv2.ellipse2Poly((1600, 1550), (1500, 1400), 0, 0, 360, 3).reshape(-1, 1, 2)
+                .astype(np.int32)], holes=[[]])
+    coords, scores = _grid(3200, 3100, 256, 128, 1)
+    kw = dict(patch_size_level0=(256, 256), vis_level=1, contours=contours, style=style,
+              convert_to_percentiles=True)
+    ref = render_heatmap(slide, scores, coords, **kw)
+    res = render_heatmap_tiff(slide, scores, coords, **kw, out_path=tmp_path / "h.tif",
+                              compression="deflate", band_rows=150, min_size=600)
+    got = _read(res.heatmap)
+    if style.alpha < 1.0:
+        assert np.array_equal(got, ref)
+    else:  # non-integer downsample: read_region per band may shift the uncoloured base
+        lut = colormap_lut(style.cmap)
+        coloured = np.all(ref == lut[0], axis=-1) | np.all(ref == lut[-1], axis=-1)
+        assert coloured.mean() > 0.5 and np.array_equal(got[coloured], ref[coloured])
+    with openslide.OpenSlide(str(res.heatmap)) as osr:
+        assert osr.level_count == 2 and "openslide.mpp-x" not in osr.properties
+
+
+def test_planted_pattern_lands_on_level0_pixels(tmp_path):
+    """A synthetic 1536 x 1280 slide (written as a TIFF), 256-px patches without overlap, one hot
+    patch: in the level-0 TIFF exactly its 256 x 256 px are the top colour of the map."""
+    w0, h0 = 1536, 1280
+    slide_path = write_pyramidal_tiff(tmp_path / "slide.tif", np.full((h0, w0, 3), 230, np.uint8),
+                                      size=(w0, h0), mpp=(0.5, 0.5), compression="deflate",
+                                      min_size=400)
+    coords, _ = _grid(w0, h0, 256, 256, 0)
+    scores = np.zeros(len(coords), dtype=np.float32)
+    hot = np.flatnonzero((coords[:, 0] == 768) & (coords[:, 1] == 512))
+    scores[hot] = 100.0
+    lut = colormap_lut("jet")
+    with open_slide(slide_path) as slide:
+        res = render_heatmap_tiff(slide, scores, coords, patch_size_level0=(256, 256),
+                                  vis_level=0, contours=None,
+                                  style=HeatmapStyle(alpha=1.0, blank_canvas=True),
+                                  convert_to_percentiles=False, out_path=tmp_path / "hm.tif",
+                                  raw_scores=True, compression="deflate", band_rows=200)
+        level1 = slide.level_dimensions[1]
+    got = _read(res.heatmap)
+    expect = np.empty_like(got)
+    expect[:] = lut[0]
+    expect[512:768, 768:1024] = lut[-1]
+    assert np.array_equal(got, expect)
+    assert res.scores == scores_tiff_path(tmp_path / "hm.tif")
+    raw = _read(res.scores)[..., 0]
+    assert raw.sum() == 255 * 256 * 256 and raw[512:768, 768:1024].min() == 255
+    with openslide.OpenSlide(str(res.heatmap)) as osr:
+        assert osr.level_dimensions[0] == (w0, h0)
+        assert float(osr.properties["openslide.mpp-x"]) == 0.5
+    # the same pattern at vis_level 1 lands on the level-1 pixels, mpp scaled by 2
+    with open_slide(slide_path) as slide:
+        res1 = render_heatmap_tiff(slide, scores, coords, patch_size_level0=(256, 256),
+                                   vis_level=1, contours=None,
+                                   style=HeatmapStyle(alpha=1.0, blank_canvas=True),
+                                   convert_to_percentiles=False, out_path=tmp_path / "hm1.tif",
+                                   compression="deflate")
+    got1 = _read(res1.heatmap)
+    assert got1.shape[:2] == level1[::-1]
+    hot1 = np.all(got1 == lut[-1], axis=-1)
+    assert hot1.sum() == 128 * 128 and hot1[256:384, 384:512].all()
+    with openslide.OpenSlide(str(res1.heatmap)) as osr:
+        assert float(osr.properties["openslide.mpp-x"]) == pytest.approx(1.0)
+
+
+def test_custom_downsample_refused(tmp_path):
+    slide = FakeSlide(_image(300, 300), [], slide_id="fake")
+    with pytest.raises(ConfigError, match="fake: heatmap_arguments.custom_downsample 2 is not "
+                                          "supported with save_ext: tiff"):
+        render_heatmap_tiff(slide, [1.0], [[0, 0]], patch_size_level0=(256, 256), vis_level=0,
+                            contours=None, style=HeatmapStyle(custom_downsample=2),
+                            convert_to_percentiles=False, out_path=tmp_path / "x.tif")
+
+
+@pytest.mark.shared
+def test_real_slide_tiff_equals_render_heatmap(tmp_path, clam_reference_dir, slides_dir):
+    """CMU-1-Small-Region at vis_level 0 with CLAM's 0.5-overlap scores and mask: the lossless
+    TIFF decodes to render_heatmap's array exactly; the JPEG q90 one within JPEG noise."""
+    raw = (clam_reference_dir / "real_sb/heatmap_raw_results/REAL_SB/class_a/CMU-1-Small-Region")
+    with h5py.File(raw / "CMU-1-Small-Region_0.5_roi_False.h5", "r") as f:
+        scores, coords = f["attention_scores"][:], f["coords"][:]
+    kw = dict(patch_size_level0=(256, 256), vis_level=0,
+              contours=load_clam_mask_pkl(raw / "CMU-1-Small-Region_mask.pkl"),
+              style=HeatmapStyle(cmap="jet", alpha=0.4, overlap=0.5), convert_to_percentiles=False)
+    with open_slide(slides_dir / "CMU-1-Small-Region.svs") as slide:
+        ref = render_heatmap(slide, scores, coords, **kw)
+        lossless = render_heatmap_tiff(slide, scores, coords, **kw, out_path=tmp_path / "l.tif",
+                                       compression="deflate", band_rows=700)
+        lossy = render_heatmap_tiff(slide, scores, coords, **kw, out_path=tmp_path / "j.tiff")
+        mpp = slide.mpp
+    assert np.array_equal(_read(lossless.heatmap), ref)
+    d = np.abs(_read(lossy.heatmap).astype(int) - ref)
+    assert d.mean() < 1.5, d.mean()              # JPEG q90 4:4:4 noise on tissue texture
+    with openslide.OpenSlide(str(lossy.heatmap)) as osr:
+        assert osr.level_dimensions[0] == ref.shape[1::-1] and osr.level_count == 3
+        assert float(osr.properties["openslide.mpp-x"]) == pytest.approx(mpp[0], rel=1e-6)
+        assert "CMU-1-Small-Region" in osr.properties["openslide.comment"]
+
+
+def test_blur_banded_equals_render_heatmap_at_level0(tmp_path):
+    slide = FakeSlide(_image(900, 1000), [], slide_id="fake")
+    coords, scores = _grid(900, 1000, 128, 64, 3)
+    style = dataclasses.replace(HeatmapStyle(alpha=0.6, overlap=0.5, blur=True), segment=False)
+    kw = dict(patch_size_level0=(128, 128), vis_level=0, contours=None, style=style,
+              convert_to_percentiles=True, roi=(50, 30, 870, 990))
+    ref = render_heatmap(slide, scores, coords, **kw)
+    res = render_heatmap_tiff(slide, scores, coords, **kw, out_path=tmp_path / "b.tif",
+                              compression="deflate", band_rows=128)
+    assert np.array_equal(_read(res.heatmap), ref)

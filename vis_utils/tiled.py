@@ -1,0 +1,304 @@
+"""Full-resolution heatmaps as pyramidal TIFFs, rendered band by band in bounded memory.
+
+:func:`render_heatmap_tiff` draws the same pixels as :func:`vis_utils.heatmap.render_heatmap`
+for the same arguments, one horizontal band of the ``vis_level`` canvas at a time, and streams the
+bands into :func:`vis_utils.tiff.write_pyramidal_tiff`. How each band stays exact:
+
+* geometry, ROI screen, percentiles (once, over all kept scores) and threshold come from
+  :func:`vis_utils.heatmap.plan_heatmap`, shared with ``render_heatmap``;
+* every patch overlapping a band is drawn into it (clipped at the band edges), so the per-pixel
+  mean over overlapping patches is the same across band borders;
+* the tissue mask of a band is the full mask's rows: the same scaled contours, drawn with the
+  offset moved up by the band's first row;
+* the base image comes from the same CLAM 1024-px block reads as :func:`read_canvas` (bands read
+  whole block rows and keep the last one for the next band); with ``alpha == 1`` it is read per
+  band with ``read_region`` (exact at level 0 and integer level downsamples; at a non-integer
+  downsample the uncoloured pixels of later bands may differ by OpenSlide's sub-pixel shift);
+* with ``blur`` each band is rendered with a halo of ``2 * (ksize // 2)`` rows, which makes it
+  exact (the blur needs ``ksize // 2`` rows of blurred scores around each blurred colour row).
+
+``custom_downsample > 1`` is refused (the pyramid already holds the downsampled levels).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import cv2
+import numpy as np
+
+from wsi_core.errors import ConfigError, FeatureFileError
+from wsi_core.io import write_h5
+
+from .heatmap import CLAM_BLOCK, HeatmapPlan, HeatmapStyle, blur_ksize, plan_heatmap, read_canvas, \
+    render_on_canvas
+from .raster import band_heights, build_cells, cell_means, cell_stats, expand_cells
+from .tiff import write_pyramidal_tiff
+
+__all__ = ["TiffHeatmap", "render_heatmap_tiff", "band_tissue_mask", "write_coords_h5",
+           "coords_h5_path", "scores_tiff_path"]
+
+BAND_TARGET_PX = 1 << 25        # ~32 Mpx (96 MiB RGB) per band; at least one 1024-row block row
+
+
+class TiffHeatmap(NamedTuple):
+    """Paths written by :func:`render_heatmap_tiff` (``scores`` is None without raw scores)."""
+
+    heatmap: Path
+    scores: Path | None
+
+
+def coords_h5_path(out_path: str | os.PathLike[str]) -> Path:
+    """``{output stem}_coords.h5`` beside a heatmap file."""
+    p = Path(out_path)
+    return p.with_name(f"{p.stem}_coords.h5")
+
+
+def scores_tiff_path(out_path: str | os.PathLike[str]) -> Path:
+    """``{output stem}_scores.tif`` beside a heatmap TIFF (the raw score map)."""
+    p = Path(out_path)
+    return p.with_name(f"{p.stem}_scores.tif")
+
+
+def write_coords_h5(path: str | os.PathLike[str], coords, scores, *, patch_size: int, step: int,
+                    patch_level: int, encoder: str, **attrs) -> Path:
+    """Write the patches behind a heatmap: ``coords`` (N, 2) int64 level-0 px top-left ``(x, y)``
+    and ``attention_scores`` (N, 1) float32, CLAM's blockmap layout (atomic, chunked).
+
+    Attributes: ``patch_size`` (px at ``patch_level``), ``step_size`` (px), ``patch_level`` and
+    ``encoder`` on the file and on ``coords``; ``**attrs`` (str/number values) on the file.
+
+    Raises:
+        FeatureFileError: coords are not (N, 2) or scores do not have N finite values.
+    """
+    c = np.asarray(coords)
+    s = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if c.ndim != 2 or c.shape[1] != 2 or len(s) != len(c) or not np.all(np.isfinite(s)):
+        raise FeatureFileError(
+            f"{path}: coords {c.shape} and scores {np.shape(scores)} do not match; expected (N, 2) "
+            "level-0 coords and N finite scores"
+        )
+    meta = {"patch_size": int(patch_size), "step_size": int(step), "patch_level": int(patch_level),
+            "encoder": str(encoder)}
+    return write_h5(path, {"coords": c.astype(np.int64), "attention_scores": s.reshape(-1, 1)},
+                    attrs={"coords": meta, "/": {**meta, **attrs}})
+
+
+MASK_EDGE_ROWS = 2048      # contour edges are followed this far past a band border (see below)
+
+
+def _scaled_contours(contours, scale: np.ndarray, use_holes: bool) -> list:
+    """``[(tissue (K,1,2) int32, holes)]`` scaled to the canvas, largest first (as tissue_mask)."""
+    sc = np.array([float(scale[0]), float(scale[1])])
+    tissue = [np.array(c * sc, dtype=np.int32) for c in contours.tissue]
+    holes = [[np.array(hc * sc, dtype=np.int32) for hc in hs] for hs in contours.holes]
+    holes += [[] for _ in range(len(tissue) - len(holes))]
+    pairs = sorted(zip(tissue, holes), key=lambda p: cv2.contourArea(p[0]), reverse=True)
+    return [(t, hs if use_holes else []) for t, hs in pairs]
+
+
+def _edge_rows(scaled: list, oy: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ylo, yhi)`` canvas rows spanned by every polygon edge (closing edges included)."""
+    polys = [p for t, hs in scaled for p in [t, *hs]]
+    if not polys:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    y = [p.reshape(-1, 2)[:, 1].astype(np.int64) + oy for p in polys]
+    y_next = [np.roll(v, -1) for v in y]
+    lo = np.concatenate([np.minimum(a, b) for a, b in zip(y, y_next)])
+    hi = np.concatenate([np.maximum(a, b) for a, b in zip(y, y_next)])
+    return lo, hi
+
+
+def band_tissue_mask(scaled: list, *, top_left: tuple[int, int], scale: np.ndarray, width: int,
+                     rows: tuple[int, int], height: int,
+                     edge_rows: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Rows ``[a, b)`` of ``raster.tissue_mask`` on a ``(height, width)`` canvas.
+
+    OpenCV clips polygon edges at the image border and re-derives them from the clipped ends,
+    so a polygon drawn on a band differs from the full drawing near the band's borders. Here the
+    band is drawn on rows ``[y0, y1)`` that contain both ends of every edge crossing it (or the
+    canvas border, where the full drawing clips too), then cut - exact, unless an edge runs more
+    than ``MASK_EDGE_ROWS`` rows past the band (then it is clipped there; never for contours
+    from ``segment_tissue``, whose edges are one segmentation pixel long).
+
+    Args:
+        scaled: output of :func:`_scaled_contours` (canvas-scaled, sorted contours).
+        top_left: level-0 px origin of the canvas. scale: ``(1 / dsx, 1 / dsy)``.
+        width, height: canvas size, px. rows: ``(a, b)`` canvas rows.
+        edge_rows: :func:`_edge_rows` of ``scaled`` (computed when None).
+
+    Returns:
+        ``(b - a, width)`` bool.
+    """
+    a, b = (int(v) for v in rows)
+    sc = np.array([float(scale[0]), float(scale[1])])
+    ox, oy = (int(v) for v in (np.array(top_left) * sc * -1).astype(np.int32))
+    lo, hi = edge_rows if edge_rows is not None else _edge_rows(scaled, oy)
+    cross = (lo < b) & (hi >= a)
+    y0 = max(0, a - MASK_EDGE_ROWS, min(a, int(lo[cross].min(initial=a))))
+    y1 = min(int(height), b + MASK_EDGE_ROWS, max(b, int(hi[cross].max(initial=b - 1)) + 1))
+    offset = (ox, oy - y0)
+    mask = np.zeros((y1 - y0, int(width)), dtype=np.uint8)
+    for cont, holes in scaled:
+        cv2.drawContours(mask, [cont], -1, 1, thickness=-1, offset=offset)
+        if holes:
+            cv2.drawContours(mask, holes, -1, 0, thickness=-1, offset=offset)
+    return mask[a - y0:b - y0].view(bool)     # 0/1 uint8 -> bool without a copy
+
+
+class _BaseReader:
+    """Base image rows of the canvas, as render_heatmap builds it (see module docstring)."""
+
+    def __init__(self, slide, plan: HeatmapPlan, style: HeatmapStyle) -> None:
+        self.slide, self.plan, self.style = slide, plan, style
+        self.w, self.h = plan.region_size
+        self.block = min(CLAM_BLOCK, self.h)
+        self.cache: tuple[int, int, np.ndarray] | None = None
+
+    def rows(self, a: int, b: int, *, next_start: int | None = None) -> np.ndarray:
+        """Canvas rows ``[a, b)`` ``(b - a, w, 3)`` uint8 (a fresh array the caller may modify).
+        ``next_start``: the first row the next call will ask for (its block row is kept)."""
+        w, (tx, ty) = self.w, self.plan.top_left
+        if self.style.blank_canvas:
+            return np.full((b - a, w, 3), 255, dtype=np.uint8)
+        dsx, dsy = self.slide.level_downsamples[self.plan.vis_level]
+        if self.style.alpha >= 1.0:
+            return self.slide.read_region((tx, ty + int(round(a * dsy))), self.plan.vis_level,
+                                          (w, b - a))
+        a0 = a // self.block * self.block
+        b0 = min(self.h, -(-b // self.block) * self.block)
+        parts, start = [], a0
+        if self.cache is not None and self.cache[0] <= a0 < self.cache[1]:
+            parts.append(self.cache[2][a0 - self.cache[0]:])
+            start = self.cache[1]
+        if start < b0:
+            stepy = max(int(dsy), 1)
+            parts.append(read_canvas(self.slide, vis_level=self.plan.vis_level,
+                                     top_left=(tx, ty + start * stepy),
+                                     region_size=(w, b0 - start)))
+        chunk = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        b0 = a0 + len(chunk)
+        keep = b0 if next_start is None else max(a0, next_start // self.block * self.block)
+        self.cache = (keep, b0, chunk[keep - a0:].copy()) if keep < b0 else None
+        return chunk[a - a0:b - a0]
+
+
+def _band_renderer(slide, plan: HeatmapPlan, contours, style: HeatmapStyle
+                   ) -> Callable[[int, int], np.ndarray]:
+    """``render_band(a, b) -> (b - a, w, 3)`` uint8 rows of the heatmap canvas."""
+    w, h = plan.region_size
+    ph = plan.patch_size[1]
+    halo = 2 * (blur_ksize(plan.patch_size, style.overlap)[1] // 2) if style.blur else 0
+    scaled = edges = None
+    if style.segment and contours is not None:
+        scaled = _scaled_contours(contours, plan.scale, style.use_holes)
+        oy = int(np.int32(-plan.top_left[1] * plan.scale[1]))
+        edges = _edge_rows(scaled, oy)
+    base = _BaseReader(slide, plan, style)
+    ys = plan.coords[:, 1]
+
+    def render_band(a: int, b: int) -> np.ndarray:
+        ra, rb = max(0, a - halo), min(h, b + halo)
+        canvas = base.rows(ra, rb, next_start=max(0, b - halo))
+        if not canvas.flags.writeable:
+            canvas = canvas.copy()
+        sel = (ys < rb) & (ys + ph > ra)
+        tissue = None
+        if scaled is not None:
+            tissue = band_tissue_mask(scaled, top_left=plan.top_left, scale=plan.scale, width=w,
+                                      rows=(ra, rb), height=h, edge_rows=edges)
+        out = render_on_canvas(canvas, plan.scores[sel], plan.coords[sel] - np.array([0, ra]),
+                               patch_size=plan.patch_size, threshold=plan.threshold, style=style,
+                               tissue=tissue, inplace=True)
+        return out[a - ra:b - ra]
+
+    return render_band
+
+
+def _score_band_renderer(plan: HeatmapPlan, style: HeatmapStyle
+                         ) -> Callable[[int, int], np.ndarray]:
+    """``render_band(a, b) -> (b - a, w)`` uint8: round(255 * clip(mean value, 0, 1))."""
+    w, h = plan.region_size
+    scores = plan.scores
+    above = scores >= plan.threshold
+    values = np.where(above, 1.0 if style.binarize else scores.astype(np.float64), 0.0)
+    cells = build_cells(plan.coords[:, 0], plan.coords[:, 1], plan.patch_size, (w, h), values,
+                        above)
+
+    def render_band(a: int, b: int) -> np.ndarray:
+        ca, cb = cells.cell_rows(a, b)
+        sums, counts, _ = cell_stats(cells, ca, cb)
+        mean = cell_means(sums, counts, cells.bits, binarize=style.binarize)
+        u8 = np.rint(np.clip(mean, 0.0, 1.0) * 255).astype(np.uint8)
+        return expand_cells(u8, band_heights(cells, ca, cb, a, b), cells.widths)
+
+    return render_band
+
+
+def render_heatmap_tiff(slide, scores, coords, *, patch_size_level0: tuple[int, int],
+                        vis_level: int, contours, style: HeatmapStyle,
+                        convert_to_percentiles: bool, out_path: str | os.PathLike[str],
+                        roi: tuple[int, int, int, int] | None = None,
+                        raw_scores: bool | str | os.PathLike[str] = False,
+                        compression: str = "jpeg", quality: int = 90, tile_size: int = 256,
+                        band_rows: int | None = None, min_size: int = 1024) -> TiffHeatmap:
+    """Render a CLAM-semantics heatmap at ``vis_level`` (0 = full resolution) into a pyramidal TIFF.
+
+    The pixels are those of :func:`vis_utils.heatmap.render_heatmap` with the same arguments (see
+    the module docstring for the one exception). The TIFF's level 0 is the ``vis_level`` canvas
+    (the ROI's canvas with an ROI); its mpp is the slide's level-0 mpp times the ``vis_level``
+    downsample (per axis); ImageDescription names the slide, level and level-0 origin.
+
+    Args:
+        slide, scores, coords, patch_size_level0, vis_level, contours, style,
+            convert_to_percentiles, roi: as :func:`render_heatmap`.
+        out_path: output ``.tif``/``.tiff`` (written atomically).
+        raw_scores: also write the raw score map - a single-channel uint8 pyramidal TIFF (lossless
+            deflate) whose value is ``round(255 * clip(v, 0, 1))`` of the per-pixel mean ``v`` that
+            the colour map sees (0-1 scale = percentile / 100; 0/255 when binarizing; 0 where no
+            patch covers the pixel; not blurred, not masked by tissue). True writes it to
+            :func:`scores_tiff_path`, a path writes it there.
+        compression, quality, tile_size, min_size: see :func:`write_pyramidal_tiff`
+            (``compression='deflate'`` gives a lossless heatmap).
+        band_rows: canvas rows per band; default: ~32 Mpx, a multiple of 1024 rows.
+
+    Returns:
+        :class:`TiffHeatmap` ``(heatmap, scores)`` paths.
+
+    Raises:
+        ConfigError: ``style.custom_downsample > 1``; bad ``vis_level``; unknown cmap/compression.
+        FeatureFileError, RoiError: as :func:`render_heatmap`.
+        WsiHeatmapsError: the output directory is not writable or the disk is full.
+    """
+    if int(style.custom_downsample) > 1:
+        raise ConfigError(
+            f"{slide.slide_id}: heatmap_arguments.custom_downsample {style.custom_downsample} is "
+            "not supported with save_ext: tiff (the pyramid holds the downsampled levels); "
+            "set it to 1"
+        )
+    plan = plan_heatmap(slide, scores, coords, patch_size_level0=patch_size_level0,
+                        vis_level=vis_level, style=style,
+                        convert_to_percentiles=convert_to_percentiles, roi=roi)
+    w, h = plan.region_size
+    dsx, dsy = slide.level_downsamples[plan.vis_level]
+    mpp0 = getattr(slide, "mpp", None)
+    mpp = None if mpp0 is None else (float(mpp0[0]) * dsx, float(mpp0[1]) * dsy)
+    if band_rows is None:
+        band_rows = max(1, BAND_TARGET_PX // max(w, 1) // CLAM_BLOCK) * CLAM_BLOCK
+    desc = (f"wsi-heatmaps heatmap of {slide.slide_id}; vis_level {plan.vis_level}; level "
+            f"downsample {dsx:.6g}x{dsy:.6g}; level-0 origin "
+            f"{plan.top_left[0]},{plan.top_left[1]}; "
+            f"cmap {style.cmap}; alpha {style.alpha}")
+    out = write_pyramidal_tiff(out_path, _band_renderer(slide, plan, contours, style),
+                               size=(w, h), mpp=mpp, tile_size=tile_size, compression=compression,
+                               quality=quality, description=desc, min_size=min_size,
+                               band_rows=band_rows)
+    raw_path = None
+    if raw_scores:
+        raw_path = scores_tiff_path(out_path) if raw_scores is True else Path(raw_scores)
+        write_pyramidal_tiff(raw_path, _score_band_renderer(plan, style), size=(w, h), mpp=mpp,
+                             tile_size=tile_size, compression="deflate",
+                             description=desc.replace("heatmap of", "score map (255 * score) of"),
+                             min_size=min_size, band_rows=band_rows)
+    return TiffHeatmap(out, raw_path)
