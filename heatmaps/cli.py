@@ -10,8 +10,9 @@ import logging
 import sys
 from pathlib import Path
 
-from wsi_core.errors import WsiHeatmapsError
+from wsi_core.errors import ConfigError, WsiHeatmapsError
 
+from . import highres
 from .config import HeatmapConfig, apply_overrides, load_config
 from .process_list import PACKAGE_DIR, resolve_input_file
 from .run import dry_run, run_config
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars; warnings and errors only")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    highres.add_arguments(p)
     return p
 
 
@@ -55,11 +57,36 @@ def _load(name: str, args: argparse.Namespace) -> HeatmapConfig:
     return apply_overrides(cfg, overrides, source=f"{path} (command-line overrides)") if overrides else cfg
 
 
+def _main_highres(args: argparse.Namespace) -> int:
+    """``--checkpoint/--scores --slide --output``: one slide, no YAML."""
+    try:
+        if args.checkpoint and args.scores:
+            raise ConfigError("give either --checkpoint (run the model) or --scores (re-render), not both")
+        if args.scores:
+            highres.rerender(args)
+            return 0
+        cfg = highres.build_config(args)
+        if args.overrides:
+            cfg = apply_overrides(cfg, args.overrides, source="--set")
+        summary = run_config(cfg, source="command line", force=args.force, progress=not args.quiet, device=args.device)
+        if summary.failed:
+            print(f"error: {summary.failed[0][1]}", file=sys.stderr)
+            return 1
+        out = highres.finish_highres(cfg, args.output)
+        log.info("heatmap: %s (patches: %s)", out, highres.coords_h5_path(out))
+        return 0
+    except WsiHeatmapsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Exit status: 0 all slides done, 1 some slide or config failed, 2 bad usage."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(message)s" if args.verbose else "%(message)s", stream=sys.stderr)
+    if args.checkpoint or args.scores:
+        return _main_highres(args)
     configs = list(args.configs or [])
     if args.demo:
         from .demo import ensure_demo_assets

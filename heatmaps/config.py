@@ -35,6 +35,8 @@ class ExpArguments(_Section):
     batch_size: int = Field(256, ge=1, description="patches per encoder / model batch")
     results_dir: str = Field("heatmaps/results", description="(wsi-heatmaps) where the results CSV <process_list stem>.csv is written, as CLAM does")
     num_workers: int = Field(2, ge=0, description="(wsi-heatmaps) parallel patch-reading workers feeding the encoder")
+    batch_size_infer: int = Field(512, ge=1, description="(wsi-heatmaps) patches per attention batch of the fine pass (batch_size is the encoder's)")
+    cache_dir: str | None = Field(None, description="(wsi-heatmaps) feature cache: features keyed by slide content, encoder weights and patch parameters are reused across runs")
 
 
 class DataArguments(_Section):
@@ -61,18 +63,20 @@ class PatchingArguments(_Section):
 
 
 class EncoderArguments(_Section):
-    model_name: str = Field("resnet50_trunc", description="patch encoder (resnet50_trunc)")
+    model_name: str = Field("resnet50_trunc", description="patch encoder: resnet50_trunc, uni_v1, uni_v2, conch_v1, ctranspath, virchow2, or auto (from the checkpoint's input width)")
     target_img_size: int = Field(224, description="patches are resized to this size before the encoder (<= 0: no resize)")
     weights_path: str | None = Field(None, description="(wsi-heatmaps) local encoder weights (.pth/.safetensors); else $<NAME>_CKPT_PATH, else the timm hub")
+    precision: Literal["fp32", "bf16", "fp16"] | None = Field(None, description="(wsi-heatmaps) encoder precision; null = fp32 on CPU, bf16 on CUDA")
+    fully_convolutional: bool = Field(False, description="(wsi-heatmaps) CNN encoders: run once over large regions and pool each patch window (fast, approximate)")
 
 
 class ModelArguments(_Section):
     ckpt_path: str = Field(..., description="MIL checkpoint (CLAM state dict)")
-    model_type: str = Field("clam_sb", description="clam_sb | clam_mb | abmil")
+    model_type: str = Field("clam_sb", description="clam_sb | clam_mb | abmil | transmil | dsmil")
     initiate_fn: Literal["initiate_model"] = Field("initiate_model", description="CLAM's model factory; only initiate_model exists")
     model_size: Literal["small", "big"] | None = Field("small", description="CLAM size: small [D,512,256] or big [D,512,384]")
     drop_out: float = Field(0.0, ge=0.0, le=1.0, description="dropout of the model (inactive at inference; true = 0.25 as CLAM)")
-    embed_dim: int = Field(1024, ge=1, description="feature dimension the checkpoint expects")
+    embed_dim: int | None = Field(1024, ge=1, description="feature dimension the checkpoint expects (null: read it from the checkpoint)")
     n_classes: int | None = Field(None, description="copied from exp_arguments when absent (CLAM)")
 
     @field_validator("drop_out", mode="before")
@@ -98,8 +102,20 @@ class HeatmapArguments(_Section):
     binary_thresh: float = Field(-1.0, description="binarisation threshold in [0, 1]; -1 = 1/N")
     custom_downsample: int = Field(1, ge=1, description="shrink the final image by this factor")
     cmap: str = Field("jet", description="any matplotlib colormap name")
+    raw_scores: bool = Field(False, description="(wsi-heatmaps) save_ext tiff: also write the per-pixel score map as a grayscale pyramidal TIFF")
+    score_maps: bool = Field(False, description="(wsi-heatmaps) also draw the attention map and per-class evidence maps with colour bars (Marugoto-style)")
+    true_class: Union[str, int, None] = Field(None, description="(wsi-heatmaps) class whose evidence map is drawn (a label_dict name); null = the predicted class")
+    score_classes: Literal["true_class", "all"] = Field("true_class", description="(wsi-heatmaps) one score map for true_class, or one per class")
+    att_cmap: str = Field("jet", description="(wsi-heatmaps) colormap of the attention map")
+    score_cmap: str = Field("coolwarm", description="(wsi-heatmaps) colormap of the class score maps (chance at the middle)")
+    shade_by_attention: bool = Field(True, description="(wsi-heatmaps) score maps: each patch's opacity is its normalised attention (else alpha)")
+    normalize_across_slides: bool = Field(False, description="(wsi-heatmaps) one colour scale for every slide of the run, so colours compare across slides")
+    att_lower_threshold: float = Field(0.01, description="(wsi-heatmaps) attention quantile drawn at the bottom of att_cmap (lower values squashed to it)")
+    att_upper_threshold: float = Field(1.0, description="(wsi-heatmaps) attention quantile drawn at the top of att_cmap")
+    score_threshold: float = Field(0.95, description="(wsi-heatmaps) quantile of |score - chance| at the ends of score_cmap (outliers clipped)")
+    mask_threshold: int | None = Field(None, description="(wsi-heatmaps) score maps: slide pixels at least this bright (0-255 grey) stay uncoloured; null = tissue contours only")
 
-    @field_validator("cmap")
+    @field_validator("cmap", "att_cmap", "score_cmap")
     @classmethod
     def _known_cmap(cls, v: str) -> str:
         import matplotlib
@@ -196,9 +212,27 @@ def parse_config(data: dict, *, source: str = "<config>") -> HeatmapConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a config must be a mapping of sections ({', '.join(_SECTIONS)}), got {type(data).__name__}")
     try:
-        return HeatmapConfig.model_validate(data)
+        cfg = HeatmapConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe(e, source) for e in exc.errors())) from None
+    _check_score_map_keys(cfg, source)
+    return cfg
+
+
+def _check_score_map_keys(cfg: HeatmapConfig, source: str) -> None:
+    """Thresholds of the score maps (vis_utils' checks), reported with the config's name."""
+    from vis_utils.normalize import check_mask_threshold, check_score_threshold, check_thresholds
+
+    h = cfg.heatmap_arguments
+    try:
+        check_thresholds(h.att_lower_threshold, h.att_upper_threshold)
+        check_score_threshold(h.score_threshold)
+        check_mask_threshold(h.mask_threshold)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    names = cfg.data_arguments.label_dict
+    if h.true_class is not None and names and str(h.true_class) not in names:
+        raise ConfigError(f"{source}: heatmap_arguments.true_class '{h.true_class}' is not among the classes ({', '.join(names)}); use a data_arguments.label_dict name")
 
 
 def load_config(path: str | Path) -> HeatmapConfig:

@@ -8,27 +8,36 @@ process-list row and returns the numbers for the results CSV. Errors are raised 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
-from models import Encoder, MILModel, attention_for_class, create_encoder, extract_features, predict_bag, reuse_map
+from models import Encoder, MILModel, attention_for_class, create_encoder, default_precision, encoder_for_dim, predict_bag, reuse_map
+from models.extract import extract_features_dense
+from models.fully_conv import extract_features_fully_conv
+from models.mil import instance_scores_for
 from models.checkpoints import check_feature_dim
 from vis_utils import HeatmapStyle, reference_percentiles, render_heatmap, sample_patches, save_image
-from wsi_core.errors import CheckpointError, ConfigError, FeatureFileError, NoTissueError, RoiError
+from vis_utils.tiff import check_raster_size, write_pyramidal_tiff
+from vis_utils.tiled import render_heatmap_tiff
+from wsi_core.errors import CheckpointError, ConfigError, FeatureFileError, NoTissueError, RoiError, WsiHeatmapsError
 from wsi_core.io import write_h5
 from wsi_core.patching import check_roi, dense_step, patch_grid
 from wsi_core.slide import Slide, open_slide
 from wsi_core.tissue import (TissueContours, draw_segmentation, load_clam_mask_pkl, load_contours_geojson,
                              save_contours_geojson, segment_tissue)
 
+from .cache import FeatureCache, array_sha256, weights_sha256
 from .config import HeatmapConfig
 from .features import FeatureBag, find_features, load_feature_bag, save_feature_bag, validate_bag
 from .outputs import SlideOutputs, slide_outputs
 from .process_list import SlideTask
+from .scoremaps import Scales, fit_scales, map_classes, read_slide_scores, render_maps
 
 log = logging.getLogger("wsi_heatmaps")
 
@@ -44,19 +53,44 @@ class RunContext:
     force: bool = False
     progress: bool = True
     _encoder: Encoder | None = field(default=None, repr=False)
+    _cache: FeatureCache | None = field(default=None, repr=False)
     n_encoded: int = 0          # patches that went through the encoder in this run
 
     def encoder(self) -> Encoder:
         if self._encoder is None:
             e = self.cfg.encoder_arguments
-            self._encoder = create_encoder(e.model_name, target_img_size=e.target_img_size, weights_path=e.weights_path)
+            name = encoder_for_dim(self.model.in_dim) if e.model_name == "auto" else e.model_name
+            self._encoder = create_encoder(name, target_img_size=e.target_img_size, weights_path=e.weights_path,
+                                           precision=self.precision)
             self._encoder.model.to(self.device)
         return self._encoder
 
+    @property
+    def cache(self) -> FeatureCache | None:
+        if self._cache is None and self.cfg.exp_arguments.cache_dir:
+            self._cache = FeatureCache(self.cfg.exp_arguments.cache_dir)
+        return self._cache
+
+    def cache_key(self, slide: Slide, coords: np.ndarray) -> str:
+        """Cache key: slide content, encoder and its weights, patch parameters, the coords."""
+        e, p, enc = self.cfg.encoder_arguments, self.cfg.patching_arguments, self.encoder()
+        weights = weights_sha256(e.weights_path) if e.weights_path else str(enc.weights_source)
+        return self.cache.key(slide.path, encoder_name=enc.name, weights_sha256=weights,
+                              patch_params={"patch_level": p.patch_level, "patch_size": p.patch_size,
+                                            "custom_downsample": p.custom_downsample, "target_img_size": e.target_img_size,
+                                            "precision": e.precision or "fp32", "coords_sha256": array_sha256(coords)})
+
+    @property
+    def precision(self) -> str:
+        """The encoder's precision: the config's, else fp32 on CPU and bf16 on CUDA."""
+        return self.cfg.encoder_arguments.precision or default_precision(self.device)
+
     def encoder_attrs(self) -> dict:
-        enc, p = self.encoder(), self.cfg.patching_arguments
-        return {"encoder": enc.name, "weights_source": str(enc.weights_source), "target_img_size": self.cfg.encoder_arguments.target_img_size,
-                "patch_size": p.patch_size, "patch_level": p.patch_level}
+        """What made the features (written to the features H5; a rerun reuses them only if equal)."""
+        enc, p, e = self.encoder(), self.cfg.patching_arguments, self.cfg.encoder_arguments
+        return {"encoder": enc.name, "weights_source": str(enc.weights_source), "target_img_size": e.target_img_size,
+                "patch_size": p.patch_size, "patch_level": p.patch_level, "precision": self.precision,
+                "fully_convolutional": int(e.fully_convolutional)}
 
 
 @dataclass
@@ -69,6 +103,8 @@ class SlideResult:
     pred: int
     seconds: float = 0.0
     skipped: bool = False
+    task: SlideTask | None = None          # for the run-level score maps
+    fine_h5: Path | None = None
 
     def ranked(self, names: dict[int, str]) -> list[tuple[str, float]]:
         """(class name, probability), most probable first (CLAM's Pred_c / p_c)."""
@@ -121,10 +157,26 @@ def encode(ctx: RunContext, slide: Slide, coords: np.ndarray) -> np.ndarray:
     p = ctx.cfg.patching_arguments
     if len(coords) == 0:
         return np.zeros((0, ctx.encoder().dim), np.float32)
-    feats = extract_features(slide.path, coords, patch_level=p.patch_level, patch_size=p.patch_size,
-                             encoder=ctx.encoder(), batch_size=ctx.cfg.exp_arguments.batch_size,
-                             num_workers=ctx.cfg.exp_arguments.num_workers, device=ctx.device, progress=ctx.progress)
+    key = None
+    if ctx.cache is not None:
+        key = ctx.cache_key(slide, coords)
+        hit = ctx.cache.get(key, slide=slide.slide_id)
+        if hit is not None:
+            return hit[0]
+    kw = dict(patch_level=p.patch_level, patch_size=p.patch_size, encoder=ctx.encoder(), device=ctx.device,
+              progress=ctx.progress, precision=ctx.precision)
+    if ctx.cfg.encoder_arguments.fully_convolutional:
+        feats = extract_features_fully_conv(slide.path, coords, **kw)
+    else:   # each band of the grid is read once and the (overlapping) windows cut from memory
+        feats = extract_features_dense(slide.path, coords, batch_size_extract=ctx.cfg.exp_arguments.batch_size,
+                                       num_workers=ctx.cfg.exp_arguments.num_workers, **kw)
     ctx.n_encoded += len(coords)
+    if key is not None:
+        try:
+            ctx.cache.put(key, feats, coords, {"slide_id": slide.slide_id, "encoder": ctx.encoder().name,
+                                               "weights_source": str(ctx.encoder().weights_source)})
+        except WsiHeatmapsError as exc:   # a full cache disk never fails the slide
+            log.warning("%s: feature cache not written: %s", slide.slide_id, exc)
     return feats
 
 
@@ -186,10 +238,12 @@ def vis_patch_size(cfg: HeatmapConfig, slide: Slide) -> tuple[int, int]:
     return int(p.patch_size * dx * p.custom_downsample), int(p.patch_size * dy * p.custom_downsample)
 
 
-def write_scores(path: Path, scores: np.ndarray, coords: np.ndarray, attrs: dict | None = None) -> None:
-    """CLAM's score H5: ``attention_scores`` float32 (N, 1), ``coords`` int64 (N, 2)."""
-    write_h5(path, {"attention_scores": np.asarray(scores, np.float32).reshape(-1, 1), "coords": np.asarray(coords, np.int64)},
-             attrs={"/": attrs} if attrs else None)
+def write_scores(path: Path, scores: np.ndarray, coords: np.ndarray, attrs: dict | None = None,
+                 extra: dict[str, np.ndarray] | None = None) -> None:
+    """CLAM's score H5: ``attention_scores`` float32 (N, 1), ``coords`` int64 (N, 2); ``extra``
+    datasets (ours: ``attention_raw`` (N, 1), ``class_scores`` (N, C)) ride along."""
+    data = {"attention_scores": np.asarray(scores, np.float32).reshape(-1, 1), "coords": np.asarray(coords, np.int64)}
+    write_h5(path, {**data, **(extra or {})}, attrs={"/": attrs} if attrs else None)
 
 
 def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -265,8 +319,10 @@ def process_slide(ctx: RunContext, task: SlideTask) -> SlideResult:
             _, _, attrs = read_scores(out.blockmap_h5)
             if "probs" in attrs:
                 probs = np.asarray(attrs["probs"], np.float32)
+                fine = out.overlap_h5()
                 return SlideResult(task.slide_id, int(attrs.get("bag_size", 0)), probs, int(attrs["pred"]),
-                                   time.perf_counter() - t0, skipped=True)
+                                   time.perf_counter() - t0, skipped=True, task=task,
+                                   fine_h5=fine if fine.is_file() else None)
 
         contours = load_or_segment(slide, task, out, force=ctx.force)
         save_image(draw_segmentation(slide, contours, vis_level=seg_vis_level, line_thickness=task.line_thickness),
@@ -276,7 +332,8 @@ def process_slide(ctx: RunContext, task: SlideTask) -> SlideResult:
         _check_bag_dim(ctx, bag, reusable)
         result = predict_bag(ctx.model, bag.features, device=ctx.device)
         pred = result.pred
-        block_scores = result.attention[pred if result.attention.shape[0] > 1 else 0].astype(np.float32)
+        # the row a heatmap shows: CLAM-MB's predicted-class branch; several ABMIL heads: their mean
+        block_scores = ctx.model.heatmap_row(torch.from_numpy(result.attention), pred).numpy().astype(np.float32)
         write_scores(out.blockmap_h5, block_scores, bag.coords,
                      attrs={"probs": result.probs, "pred": pred, "bag_size": len(bag.coords),
                             "model_type": cfg.model_arguments.model_type})
@@ -294,9 +351,14 @@ def process_slide(ctx: RunContext, task: SlideTask) -> SlideResult:
             if len(coords) == 0:
                 raise NoTissueError(f"slide {task.slide_id}: no fine-pass patch inside the tissue{' and the ROI ' + str(task.roi) if task.roi else ''}; check the ROI (level-0 x1,y1,x2,y2) or the segmentation")
             feats = fine_pass_features(ctx, slide, coords, bag, reusable)
-            raw = attention_for_class(ctx.model, feats, cls=pred, device=ctx.device)
+            raw = attention_for_class(ctx.model, feats, cls=pred, device=ctx.device,
+                                      batch_size=cfg.exp_arguments.batch_size_infer)
             fine = reference_percentiles(raw, block_scores) if h.use_ref_scores else raw
-            write_scores(fine_path, fine, coords)
+            class_scores = instance_scores_for(ctx.model, feats, device=ctx.device, batch_size=cfg.exp_arguments.batch_size_infer)
+            write_scores(fine_path, fine, coords, attrs={**ctx.encoder_attrs(), "step_size": cfg.step_size,
+                                                         "score_kind": "percentile" if h.use_ref_scores else "raw"},
+                         extra={"attention_raw": raw.reshape(-1, 1).astype(np.float32),
+                                                         "class_scores": class_scores.astype(np.float32)})
         elif not fine_path.is_file():
             fallback = out.overlap_h5(use_roi=False)
             if not (h.use_roi and fallback.is_file()):
@@ -304,14 +366,84 @@ def process_slide(ctx: RunContext, task: SlideTask) -> SlideResult:
             fine_path = fallback
         fine_scores, fine_coords, _ = read_scores(fine_path)
 
-        heatmap = render_heatmap(slide, fine_scores, fine_coords, patch_size_level0=vps, vis_level=h.vis_level,
-                                 contours=contours, style=style(cfg, final=True),
-                                 convert_to_percentiles=not h.use_ref_scores, roi=task.roi if h.use_roi else None)
-        save_image(heatmap, out.heatmap(cfg), quality=100)
-        del heatmap
+        write_heatmap(slide, fine_scores, fine_coords, out.heatmap(cfg), patch_size_level0=vps, vis_level=h.vis_level,
+                      contours=contours, style=style(cfg, final=True), convert_to_percentiles=not h.use_ref_scores,
+                      roi=task.roi if h.use_roi else None, raw_scores=h.raw_scores)
         if h.save_orig:
-            save_image(_orig_image(slide, orig_level, h.custom_downsample), out.orig(orig_level, h.save_ext), quality=100)
-    return SlideResult(task.slide_id, len(bag.coords), result.probs, pred, time.perf_counter() - t0)
+            save_orig(slide, orig_level, h.custom_downsample, out.orig(orig_level, h.save_ext))
+        if h.score_maps and not h.normalize_across_slides:
+            draw_score_maps(cfg, slide, contours, task, out, fine_path, pred, vps, None)
+    return SlideResult(task.slide_id, len(bag.coords), result.probs, pred, time.perf_counter() - t0,
+                       task=task, fine_h5=fine_path)
+
+
+def draw_score_maps(cfg: HeatmapConfig, slide: Slide, contours: TissueContours, task: SlideTask, out: SlideOutputs,
+                    fine_h5: Path, pred: int, vps: tuple[int, int], scales: Scales | None) -> None:
+    """The attention and class score maps of one slide (its own scale unless ``scales`` is given)."""
+    try:
+        scores = read_slide_scores(fine_h5)
+    except FeatureFileError as exc:
+        log.warning("%s: no score maps: %s", task.slide_id, exc)
+        return
+    classes = map_classes(cfg, pred)
+    scales = scales or fit_scales(cfg, [scores], classes)
+    render_maps(cfg, slide, contours, scores, slide_id=task.slide_id, production_dir=out.production_dir,
+                patch_size_level0=vps, classes=classes, scales=scales, fine_h5=fine_h5,
+                roi=task.roi if cfg.heatmap_arguments.use_roi else None)
+
+
+def _has_raw_scores(path: Path) -> bool:
+    with h5py.File(path, "r") as f:
+        return "attention_raw" in f and "class_scores" in f
+
+
+def draw_run_score_maps(ctx: RunContext, results: list[SlideResult]) -> None:
+    """``normalize_across_slides``: one scale fitted on every slide's scores, then each slide's maps."""
+    done = [r for r in results if r.fine_h5 is not None and r.task is not None]
+    if not done:
+        return
+    done = [r for r in done if _has_raw_scores(r.fine_h5)]
+    if not done:
+        log.warning("score maps across slides: no slide has raw fine-pass scores (calc_heatmap: false?)")
+        return
+    classes = sorted({c for r in done for c in map_classes(ctx.cfg, r.pred)})
+    scales = fit_scales(ctx.cfg, [read_slide_scores(r.fine_h5) for r in done], classes)
+    for r in done:
+        out = slide_outputs(ctx.cfg, r.task.slide_id, r.task.grouping)
+        with open_slide(r.task.slide_path) as slide:
+            contours = load_or_segment(slide, r.task, out, force=False)
+            draw_score_maps(ctx.cfg, slide, contours, r.task, out, r.fine_h5, r.pred, vis_patch_size(ctx.cfg, slide), scales)
+
+
+def write_heatmap(slide: Slide, scores: np.ndarray, coords: np.ndarray, path: Path, *, vis_level: int,
+                  raw_scores: bool = False, **kw) -> None:
+    """Render and save the heatmap: a tiled pyramidal TIFF (band by band, bounded memory, any
+    level up to 0) for ``.tiff``/``.tif``, else one PNG/JPEG image (refused when too large)."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        render_heatmap_tiff(slide, scores, coords, vis_level=vis_level, out_path=path, raw_scores=raw_scores, **kw)
+        return
+    level = vis_level if vis_level >= 0 else slide.best_level_for_downsample(32)
+    roi = kw.get("roi")
+    w, h = slide.level_dimensions[level] if roi is None else \
+        (int((roi[2] - roi[0]) / slide.level_downsamples[level][0]), int((roi[3] - roi[1]) / slide.level_downsamples[level][1]))
+    check_raster_size(w, h, path.suffix.lstrip("."))
+    save_image(render_heatmap(slide, scores, coords, vis_level=vis_level, **kw), path, quality=100)
+
+
+def save_orig(slide: Slide, level: int, custom_downsample: int, path: Path) -> None:
+    """The slide itself at ``level`` (CLAM's ``_orig_`` image). A ``.tiff`` is a pyramidal TIFF
+    streamed band by band from the slide (any level, bounded memory), else one image."""
+    if path.suffix.lower() in (".tif", ".tiff") and custom_downsample == 1:
+        w, h = slide.level_dimensions[level]
+        dx, dy = slide.level_downsamples[level]
+        mpp = (slide.mpp[0] * dx, slide.mpp[1] * dy) if slide.mpp else None
+        # ceil: OpenSlide floors level-0 / downsample, so the band starts exactly at row y0
+        write_pyramidal_tiff(path, lambda y0, y1: slide.read_region((0, math.ceil(y0 * dy)), level, (w, y1 - y0)),
+                             size=(w, h), mpp=mpp, description=f"{slide.slide_id} at level {level} (wsi-heatmaps orig)")
+        return
+    w, h = slide.level_dimensions[level]
+    check_raster_size(w // custom_downsample, h // custom_downsample, path.suffix.lstrip("."))
+    save_image(_orig_image(slide, level, custom_downsample), path, quality=100)
 
 
 def _orig_image(slide: Slide, level: int, custom_downsample: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from wsi_core.io import atomic_path
 
 from .config import HeatmapConfig, config_to_dict
 from .outputs import effective_config_path, results_csv_path, slide_outputs
-from .pipeline import RunContext, SlideResult, process_slide
+from .pipeline import RunContext, SlideResult, draw_run_score_maps, process_slide
 from .process_list import read_process_list, slide_task, write_csv
 
 log = logging.getLogger("wsi_heatmaps")
@@ -151,6 +151,12 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
         todo.loc[i, "status"] = status.replace("\n", " ")
         write_csv(todo, summary.results_csv)
         _write_status(pl_path, rows[i], status.replace("\n", " "))
+    if cfg.heatmap_arguments.score_maps and cfg.heatmap_arguments.normalize_across_slides:
+        try:
+            draw_run_score_maps(ctx, summary.processed)
+        except WsiHeatmapsError as exc:
+            log.error("score maps across slides: FAILED: %s", exc)
+            summary.failed.append(("score maps", str(exc)))
     summary.n_encoded = ctx.n_encoded
     summary.seconds = time.perf_counter() - t0
     return summary

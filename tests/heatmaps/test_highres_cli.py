@@ -1,0 +1,70 @@
+"""The high-resolution command line: --checkpoint/--slide/--output (a pyramidal TIFF that OpenSlide
+opens with the slide's geometry, plus _coords.h5) and --scores re-rendering without a model."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import openslide
+import pytest
+
+from heatmaps.cli import main as cli_main
+
+pytestmark = pytest.mark.shared
+
+
+@pytest.fixture
+def ref(shared_dir):
+    return shared_dir / "clam_reference"
+
+
+def _args(ref, slide, out, *extra):
+    ck = ref / "checkpoints"
+    return ["--checkpoint", str(ck / "ckpt_clam_sb_seed0.pt"), "--slide", str(slide), "--output", str(out),
+            "--encoder_weights", str(ck / "resnet50_trunc_seed0.safetensors"), "--quiet",
+            "--set", "encoder_arguments.target_img_size=32", *extra]
+
+
+def test_checkpoint_to_pyramidal_tiff(ref, slides_dir, tmp_path):
+    out = tmp_path / "cmu.tiff"
+    assert cli_main(_args(ref, slides_dir / "CMU-1-Small-Region.svs", out, "--overlap", "0.5", "--raw_scores")) == 0
+    with openslide.OpenSlide(str(out)) as tif:
+        assert tif.level_dimensions[0] == (2220, 2967)
+        assert float(tif.properties["openslide.mpp-x"]) == pytest.approx(0.499, rel=1e-3)
+        assert tif.level_count >= 2
+    with h5py.File(tmp_path / "cmu_coords.h5") as f:
+        coords, scores = f["coords"][:], f["attention_scores"][:]
+        assert coords.shape == (121, 2) and scores.shape == (121, 1)        # CLAM's 0.5-overlap grid
+        assert f.attrs["step_size"] == 128 and f.attrs["patch_size"] == 256 and f.attrs["encoder"] == "resnet50_trunc"
+    assert (tmp_path / "cmu_scores.tif").is_file() or (tmp_path / "cmu_scores.tiff").is_file()
+
+
+def test_scores_rerender_png_equals_tiff_level(ref, slides_dir, tmp_path):
+    raw = ref / "real_sb/heatmap_raw_results/REAL_SB/class_b/tcga-cr-7395-01a-01-ts1"
+    slide = slides_dir / "tcga-cr-7395-01a-01-ts1.svs"
+    scores = str(raw / "tcga-cr-7395-01a-01-ts1_0.5_roi_False.h5")
+    png, tif = tmp_path / "t.png", tmp_path / "t.tiff"
+    assert cli_main(["--scores", scores, "--slide", str(slide), "--output", str(png), "--vis_level", "1", "--quiet"]) == 0
+    assert cli_main(["--scores", scores, "--slide", str(slide), "--output", str(tif), "--vis_level", "1", "--quiet"]) == 0
+    from PIL import Image
+
+    a = np.asarray(Image.open(png), np.int16)
+    with openslide.OpenSlide(str(tif)) as t:
+        b = np.asarray(t.read_region((0, 0), 0, t.level_dimensions[0]).convert("RGB"), np.int16)
+    assert a.shape == b.shape == (1783, 2221, 3)
+    assert np.abs(a - b).mean() < 2.0                                   # the TIFF tiles are JPEG q90
+
+
+def test_bad_high_res_input(ref, slides_dir, tmp_path, capsys):
+    slide = slides_dir / "CMU-1-Small-Region.svs"
+    cases = [
+        (_args(ref, slide, tmp_path / "x.bmp"), "unsupported extension '.bmp'; use .tiff"),
+        (_args(ref, slide, tmp_path / "x.tiff", "--overlap", "1.0"), "patching_arguments.overlap = 1.0"),
+        (_args(ref, slide, tmp_path / "x.tiff", "--roi", "9000,9000,9500,9500"), "outside"),
+        (_args(ref, slide, tmp_path / "x.tiff", "--roi", "1,2,3"), "expected four integers"),
+        (["--scores", str(tmp_path / "none.h5"), "--slide", str(slide), "--output", str(tmp_path / "y.png")], "not a score file"),
+        (["--checkpoint", "a.pt", "--scores", "b.h5"], "not both"),
+    ]
+    for argv, msg in cases:
+        assert cli_main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert msg in err, (argv, err)
