@@ -57,14 +57,14 @@ class DataArguments(_Section):
 
 class PatchingArguments(_Section):
     patch_size: int = Field(256, ge=16, description="patch side at patch_level, px")
-    overlap: float = Field(0.5, ge=0.0, lt=1.0, description="overlap of the fine (second) pass, 0 <= overlap < 1; step = int(patch_size * (1 - overlap))")
+    overlap: float = Field(0.5, ge=0.0, lt=1.0, description="overlap of the fine (second) pass, 0 <= overlap < 1; step = round(patch_size * (1 - overlap))")
     patch_level: int = Field(0, ge=0, description="pyramid level the patches are read at")
     custom_downsample: int = Field(1, ge=1, description="read patches of patch_size * custom_downsample and resize (CLAM)")
 
 
 class EncoderArguments(_Section):
     model_name: str = Field("resnet50_trunc", description="patch encoder: resnet50_trunc, uni_v1, uni_v2, conch_v1, ctranspath, virchow2, or auto (from the checkpoint's input width)")
-    target_img_size: int = Field(224, description="patches are resized to this size before the encoder (<= 0: no resize)")
+    target_img_size: int | None = Field(None, description="patches are resized to this size before the encoder; null = the encoder's published input size (224 for resnet50_trunc, as CLAM)")
     weights_path: str | None = Field(None, description="(wsi-heatmaps) local encoder weights (.pth/.safetensors); else $<NAME>_CKPT_PATH, else the timm hub")
     precision: Literal["fp32", "bf16", "fp16"] | None = Field(None, description="(wsi-heatmaps) encoder precision; null = fp32 on CPU, bf16 on CUDA")
     fully_convolutional: bool = Field(False, description="(wsi-heatmaps) CNN encoders: run once over large regions and pool each patch window (fast, approximate)")
@@ -162,9 +162,12 @@ class HeatmapConfig(BaseModel):
 
     @property
     def step_size(self) -> int:
-        """Fine-pass step at patch_level, px: ``int(patch_size * (1 - overlap))`` (CLAM)."""
+        """Fine-pass step at patch_level, px: ``round(patch_size * (1 - overlap))`` (see
+        ``wsi_core.patching.dense_step``; CLAM's ``int`` for every whole-number step)."""
+        from wsi_core.patching import dense_step
+
         p = self.patching_arguments
-        return max(1, int(p.patch_size * (1 - p.overlap)))
+        return dense_step(p.patch_size, p.overlap)
 
 
 _SECTIONS = {name: f.annotation for name, f in HeatmapConfig.model_fields.items()}

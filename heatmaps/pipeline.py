@@ -77,7 +77,7 @@ class RunContext:
         weights = weights_sha256(e.weights_path) if e.weights_path else str(enc.weights_source)
         return self.cache.key(slide.path, encoder_name=enc.name, weights_sha256=weights,
                               patch_params={"patch_level": p.patch_level, "patch_size": p.patch_size,
-                                            "custom_downsample": p.custom_downsample, "target_img_size": e.target_img_size,
+                                            "custom_downsample": p.custom_downsample, "target_img_size": int(enc.input_size),
                                             "precision": e.precision or "fp32", "coords_sha256": array_sha256(coords)})
 
     @property
@@ -88,7 +88,7 @@ class RunContext:
     def encoder_attrs(self) -> dict:
         """What made the features (written to the features H5; a rerun reuses them only if equal)."""
         enc, p, e = self.encoder(), self.cfg.patching_arguments, self.cfg.encoder_arguments
-        return {"encoder": enc.name, "weights_source": str(enc.weights_source), "target_img_size": e.target_img_size,
+        return {"encoder": enc.name, "weights_source": str(enc.weights_source), "target_img_size": int(enc.input_size),
                 "patch_size": p.patch_size, "patch_level": p.patch_level, "precision": self.precision,
                 "fully_convolutional": int(e.fully_convolutional)}
 

@@ -68,3 +68,37 @@ def test_bad_high_res_input(ref, slides_dir, tmp_path, capsys):
         assert cli_main(argv) == 1, argv
         err = capsys.readouterr().err
         assert msg in err, (argv, err)
+
+
+@pytest.mark.parametrize("dim,encoder", [(1536, "uni_v2"), (1024, "resnet50_trunc"), (768, "ctranspath"),
+                                         (512, "conch_v1"), (2560, "virchow2")])
+def test_auto_feature_extractor_follows_the_checkpoint_width(slides_dir, tmp_path, dim, encoder):
+    import argparse
+
+    import torch
+
+    from heatmaps.cli import build_parser
+    from heatmaps.highres import build_config
+    from models import create_mil_model
+
+    ckpt = tmp_path / f"clam_{dim}.pt"
+    torch.save(create_mil_model("clam_sb", n_classes=3, in_dim=dim).state_dict(), ckpt)
+    args = build_parser().parse_args(["--checkpoint", str(ckpt), "--slide", str(slides_dir / "CMU-1-Small-Region.svs"),
+                                      "--output", str(tmp_path / "o.tiff")])
+    assert isinstance(args, argparse.Namespace)
+    cfg = build_config(args)
+    assert cfg.encoder_arguments.model_name == encoder
+    assert cfg.exp_arguments.n_classes == 3 and cfg.model_arguments.embed_dim == dim
+
+
+def test_unknown_checkpoint_width_lists_the_encoders(slides_dir, tmp_path, capsys):
+    import torch
+
+    from models import create_mil_model
+
+    ckpt = tmp_path / "clam_384.pt"
+    torch.save(create_mil_model("clam_sb", n_classes=2, in_dim=384).state_dict(), ckpt)
+    code = cli_main(["--checkpoint", str(ckpt), "--slide", str(slides_dir / "CMU-1-Small-Region.svs"),
+                     "--output", str(tmp_path / "o.tiff")])
+    err = capsys.readouterr().err
+    assert code == 1 and "384-d" in err and "uni_v2" in err and "virchow2" in err

@@ -140,11 +140,13 @@ def test_cmu_level0_dense_90_is_pixel_exact(slides_dir: Path, cmu_contours) -> N
 
 @pytest.mark.shared
 def test_dense_counts_follow_clam_step(slides_dir: Path, cmu_contours) -> None:
-    """step = int(256 * (1 - overlap)): 25 at 0.90 and 12 at 0.95 (float truncation, as CLAM)."""
-    assert dense_step(256, 0.9) == 25 and dense_step(256, 0.95) == 12 and dense_step(256, 0.5) == 128
+    """step = round(256 * (1 - overlap)): 26 at 0.90 and 13 at 0.95 (CLAM's int would give 25 and 12
+    through float error); whole-number steps are CLAM's."""
+    assert dense_step(256, 0.9) == 26 and dense_step(256, 0.95) == 13 and dense_step(256, 0.5) == 128
+    assert dense_step(256, 0.75) == 64 and dense_step(256, 0.875) == 32 and dense_step(256, 0.0) == 256
     roi = (800, 800, 1400, 1400)  # mostly tissue: the lattice from the ROI corner, nearly full
     with open_slide(slides_dir / "CMU-1-Small-Region.svs") as slide:
-        for overlap, step in ((0.5, 128), (0.9, 25), (0.95, 12)):
+        for overlap, step in ((0.5, 128), (0.9, 26), (0.95, 13)):
             coords = _dense_grid(slide, cmu_contours, level=0, size=256, overlap=overlap, roi=roi)
             assert ((coords - 800) % step == 0).all()
             xs, ys = np.unique(coords[:, 0]), np.unique(coords[:, 1])
