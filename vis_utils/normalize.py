@@ -37,6 +37,8 @@ import numpy as np
 
 from wsi_core.errors import ConfigError, FeatureFileError
 
+from .percentiles import flat_finite
+
 __all__ = [
     "ScoreScale", "SCALE_KINDS", "SCALE_SOURCES", "fit_scale", "run_scale", "fit_score_scale",
     "fixed_scale", "percentile_scale", "check_thresholds", "check_score_threshold",
@@ -105,7 +107,7 @@ class ScoreScale:
         Raises:
             ValueError: non-numeric input or NaN / Inf among the scores.
         """
-        s = _flat_finite(scores, "scores")
+        s = flat_finite(scores, "scores")
         if self.hi > self.lo:
             out = (s - self.lo) / (self.hi - self.lo)
             return np.clip(out, 0.0, 1.0, out=out)
@@ -151,16 +153,6 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _flat_finite(values: object, name: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    arr = arr.reshape(-1).astype(np.float64, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contain NaN or Inf; check the model output")
-    return arr
-
-
 def check_thresholds(lower: float, upper: float) -> None:
     """Validate the attention quantiles.
 
@@ -201,7 +193,7 @@ def check_mask_threshold(mask_threshold: int | None) -> None:
 def _pool(score_arrays: Sequence[object] | np.ndarray) -> tuple[np.ndarray, int]:
     """(all finite scores pooled as float64, number of non-empty slides)."""
     arrays = [score_arrays] if isinstance(score_arrays, np.ndarray) else list(score_arrays)
-    flat = [_flat_finite(a, "scores") for a in arrays]
+    flat = [flat_finite(a, "scores") for a in arrays]
     flat = [a for a in flat if a.size]
     if not flat:
         raise FeatureFileError("cannot fit a colour scale: no scores (every slide's bag is empty); "

@@ -19,13 +19,18 @@ from scipy.stats import rankdata
 __all__ = ["rank_percentiles", "reference_percentiles"]
 
 
-def _flat_finite(values: object, name: str) -> np.ndarray:
+def flat_finite(values: object, name: str) -> np.ndarray:
+    """``values`` flattened to (N,) float64.
+
+    Raises:
+        ValueError: non-numeric values, or NaN / Inf (the message names ``name``).
+    """
     arr = np.asarray(values)
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
     arr = arr.reshape(-1).astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or Inf; check the attention scores")
+        raise ValueError(f"{name} contains NaN or Inf; check the model output")
     return arr
 
 
@@ -42,7 +47,7 @@ def rank_percentiles(scores: object) -> np.ndarray:
     Raises:
         ValueError: non-numeric input, or NaN / Inf among the scores.
     """
-    arr = _flat_finite(scores, "scores")
+    arr = flat_finite(scores, "scores")
     if arr.size == 0:
         return np.zeros(0, dtype=np.float64)
     return rankdata(arr, "average") / arr.size * 100
@@ -66,8 +71,8 @@ def reference_percentiles(scores: object, ref: object) -> np.ndarray:
     Raises:
         ValueError: the reference is empty, non-numeric input, or NaN / Inf in either.
     """
-    s = _flat_finite(scores, "scores")
-    r = np.sort(_flat_finite(ref, "reference scores"))
+    s = flat_finite(scores, "scores")
+    r = np.sort(flat_finite(ref, "reference scores"))
     if r.size == 0:
         raise ValueError("reference scores are empty; percentiles need at least one reference score")
     left = np.searchsorted(r, s, side="left")
