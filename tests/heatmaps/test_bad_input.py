@@ -14,7 +14,6 @@ import tifffile
 
 from heatmaps.cli import main as cli_main
 from heatmaps.run import run_config
-from wsi_core.errors import CheckpointError
 
 pytestmark = pytest.mark.shared
 GOOD = {"slide_id": "CMU-1-Small-Region", "label": "class_a"}

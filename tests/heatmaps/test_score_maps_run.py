@@ -5,7 +5,6 @@ import json
 import logging
 
 import h5py
-import numpy as np
 import pytest
 
 from heatmaps.run import run_config
