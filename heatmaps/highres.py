@@ -21,11 +21,12 @@ import pandas as pd
 from vis_utils import HeatmapStyle, render_heatmap, save_image
 from vis_utils.tiff import check_raster_size
 from vis_utils.tiled import coords_h5_path, render_heatmap_tiff, scores_tiff_path, write_coords_h5
-from wsi_core.errors import ConfigError, FeatureFileError
+from wsi_core.errors import ConfigError
 from wsi_core.slide import open_slide
 from wsi_core.tissue import SegmentationParams, TissueContours, load_clam_mask_pkl, load_contours_geojson, segment_tissue
 
 from .config import HeatmapConfig, parse_config
+from .pipeline import read_scores
 from .process_list import slide_stem, write_csv
 
 log = logging.getLogger("wsi_heatmaps")
@@ -138,16 +139,6 @@ def finish_highres(cfg: HeatmapConfig, output: str) -> Path:
     return out
 
 
-def _score_file(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    try:
-        with h5py.File(path, "r") as f:
-            scores, coords = f["attention_scores"][:].reshape(-1), f["coords"][:].astype(np.int64)
-            attrs = {**dict(f["coords"].attrs), **dict(f.attrs)}
-    except (OSError, KeyError) as exc:
-        raise FeatureFileError(f"--scores {path}: not a score file with 'coords' and 'attention_scores' ({exc})") from None
-    return scores, coords, attrs
-
-
 def _is_percentile(path: Path, scores: np.ndarray, attrs: dict) -> bool:
     """Blockmaps hold raw attention; overlap H5s with reference scores and our ``_coords.h5``
     (``score_kind`` attribute) hold 0-100 percentiles."""
@@ -173,7 +164,7 @@ def rerender(args: argparse.Namespace) -> Path:
     _require(args, "slide", "output")
     ext = _output_ext(args.output)
     scores_path = Path(args.scores)
-    scores, coords, attrs = _score_file(scores_path)
+    scores, coords, attrs = read_scores(scores_path)
     percentile = _is_percentile(scores_path, scores, attrs)
     with open_slide(args.slide) as slide:
         if not 0 <= args.vis_level < slide.level_count:

@@ -245,10 +245,16 @@ def write_scores(path: Path, scores: np.ndarray, coords: np.ndarray, attrs: dict
 
 
 def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(scores (N,) float32, coords (N, 2) int64, file attributes) of a blockmap / overlap H5."""
+    """(scores (N,) float32, coords (N, 2) int64, attributes of ``coords`` and of the file) of a
+    blockmap, overlap or ``_coords.h5`` file.
+
+    Raises:
+        FeatureFileError: the file is missing, not HDF5, or lacks either dataset.
+    """
     try:
         with h5py.File(path, "r") as f:
-            return f["attention_scores"][:].reshape(-1), f["coords"][:].astype(np.int64), dict(f.attrs)
+            attrs = {**dict(f["coords"].attrs), **dict(f.attrs)}
+            return f["attention_scores"][:].reshape(-1), f["coords"][:].astype(np.int64), attrs
     except (OSError, KeyError) as exc:
         raise FeatureFileError(f"{path}: not a score file with 'attention_scores' and 'coords' ({exc})") from None
 
