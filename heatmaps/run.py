@@ -45,9 +45,9 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _write_status(path: Path | None, row: int, status: str) -> None:
-    """Write a slide's status back into the user's process list (atomically; warns once when the
-    file is read-only and goes on: the results CSV carries the status too)."""
+def _write_status(path: Path | None, row: int, status: str, warned: set[Path]) -> None:
+    """Write a slide's status back into the user's process list (atomically). A read-only list is
+    warned about once per run and left alone: the results CSV carries the status too."""
     if path is None:
         return
     try:
@@ -58,9 +58,9 @@ def _write_status(path: Path | None, row: int, status: str) -> None:
         df.loc[row, "status"] = status
         write_csv(df, path)
     except (OSError, WsiHeatmapsError) as exc:
-        if not getattr(_write_status, "_warned", False):
+        if path not in warned:
             log.warning("could not write status back to %s (%s); the results CSV holds it", path, exc)
-            _write_status._warned = True  # type: ignore[attr-defined]
+            warned.add(path)
 
 
 def _record(df: pd.DataFrame, i: int, result: SlideResult, names: dict[int, str], n_classes: int) -> None:
@@ -126,6 +126,7 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
     if pl_path is None:   # built from data_dir: keep the generated list beside the raw outputs
         pl_path = write_csv(df, cfg_path.parent / "process_list_autogen.csv")
 
+    warned: set[Path] = set()
     bar = tqdm(range(len(todo)), desc=f"slides ({cfg.exp_arguments.save_exp_code})", unit="slide", disable=not progress)
     for i in bar:
         sid = str(todo.loc[i, "slide_id"])
@@ -150,7 +151,7 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
             log.debug("%s", traceback.format_exc())
         todo.loc[i, "status"] = status.replace("\n", " ")
         write_csv(todo, summary.results_csv)
-        _write_status(pl_path, rows[i], status.replace("\n", " "))
+        _write_status(pl_path, rows[i], status.replace("\n", " "), warned)
     if cfg.heatmap_arguments.score_maps and cfg.heatmap_arguments.normalize_across_slides:
         try:
             draw_run_score_maps(ctx, summary.processed)
