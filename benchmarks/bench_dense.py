@@ -3,14 +3,15 @@ shortcut, on a real slide (TCGA, JPEG 2000, level 0) with resnet50_trunc at 224 
 
 Prints, for overlap 0 / 0.5 / 0.9:
   * bytes decoded per pass over the slide's tissue grid: band reads vs per-patch reads;
-  * end-to-end patches/s of ``extract_features_dense`` (2 workers) vs the encoder alone on the
-    same pre-read, pre-transformed patches (target >= 90 %), and per-patch ``extract_features``;
+  * end-to-end patches/s of ``extract_features_dense`` reading in this process (the CPU default)
+    and with ``--workers`` worker processes, vs the encoder alone on the same pre-read,
+    pre-transformed patches (target >= 90 %), and per-patch ``extract_features``;
 and at 0.9 the fully-convolutional pass: speed-up vs the exact pass and fidelity (cosine of
 features, Spearman of CLAM-SB attention, seeded random model) for the shared seeded weights
 and for the same weights with the residual branches switched on (timm zero-initialises the
 last BN of every bottleneck, which leaves the seeded trunk almost without spatial context).
 
-    python benchmarks/bench_dense.py [--patches 256] [--threads 2] [--workers 2]
+    python benchmarks/bench_dense.py [--patches 256] [--threads 2] [--workers 2] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per figure (median)")
     ap.add_argument("--slide", default=str(SHARED / "slides/tcga-cr-7395-01a-01-ts1.svs"))
     ap.add_argument("--weights", default=str(SHARED / "clam_reference/checkpoints/resnet50_trunc_seed0.safetensors"))
     args = ap.parse_args()
@@ -89,33 +91,40 @@ def main() -> None:
               f"{stats.bytes_decoded / 1e6:7.1f} MB in {stats.regions} regions ({dt:5.2f} s), "
               f"per-patch reads {len(grid) * size * size * 3 / 1e6:8.1f} MB")
 
-    print(f"\nthroughput on a ROI of ~{args.patches} patches (patches/s; dense / encoder alone):")
+    print(f"\nthroughput on a ROI of ~{args.patches} patches, median of {args.repeats} interleaved runs "
+          f"(patches/s; % of the encoder alone):")
     kw = dict(patch_level=level, patch_size=size, encoder=enc, progress=False)
     exact09 = None
+    model = enc.model.eval()
     for ov in (0.0, 0.5, 0.9):
         grid, step = grids[ov]
         coords = _roi_coords(grid, args.patches, step, size)
+        n = len(coords)
         ds = PatchDataset(args.slide, coords, patch_level=level, patch_size=size, transform=enc.transform)
-        x = torch.stack([ds[i] for i in range(len(coords))])
-        model = enc.model.eval()
+        x = torch.stack([ds[i] for i in range(n)])
         with torch.inference_mode():
             model(x[:args.batch])  # warm-up
+        times: dict[str, list[float]] = {k: [] for k in ("alone", "dense in-process", "dense workers", "per-patch")}
+        for _ in range(args.repeats):
+            with torch.inference_mode():
+                t = time.perf_counter()
+                alone = torch.cat([model(x[i:i + args.batch]) for i in range(0, n, args.batch)])
+                times["alone"].append(time.perf_counter() - t)
+            for key, workers in (("dense in-process", 0), ("dense workers", args.workers)):
+                t = time.perf_counter()
+                dense = extract_features_dense(args.slide, coords, batch_size_extract=args.batch,
+                                               num_workers=workers, **kw)
+                times[key].append(time.perf_counter() - t)
             t = time.perf_counter()
-            alone = torch.cat([model(x[i:i + args.batch]) for i in range(0, len(x), args.batch)])
-            t_alone = time.perf_counter() - t
-        t = time.perf_counter()
-        dense = extract_features_dense(args.slide, coords, batch_size_extract=args.batch,
-                                       num_workers=args.workers, **kw)
-        t_dense = time.perf_counter() - t
-        t = time.perf_counter()
-        extract_features(args.slide, coords, batch_size=args.batch, num_workers=args.workers, **kw)
-        t_patch = time.perf_counter() - t
-        n = len(coords)
-        print(f"  overlap {ov:4.2f}: {n:4d} patches  encoder alone {n / t_alone:5.1f}  "
-              f"dense {n / t_dense:5.1f} ({100 * t_alone / t_dense:5.1f} %)  per-patch "
-              f"{n / t_patch:5.1f}  max|dense - alone| {np.abs(dense - alone.numpy()).max():.1e}")
+            extract_features(args.slide, coords, batch_size=args.batch, num_workers=0, **kw)
+            times["per-patch"].append(time.perf_counter() - t)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        figures = "  ".join(f"{k} {n / v:5.1f} ({100 * med['alone'] / v:3.0f} %)" for k, v in med.items()
+                            if k != "alone")
+        print(f"  overlap {ov:4.2f}: {n:4d} patches  encoder alone {n / med['alone']:5.1f}  {figures}  "
+              f"max|dense - alone| {np.abs(dense - alone.numpy()).max():.1e}")
         if ov == 0.9:
-            exact09, coords09, t_exact09 = dense, coords, t_dense
+            exact09, coords09, t_exact09 = dense, coords, med["dense in-process"]
 
     print("\nfully convolutional at overlap 0.90 (tile 2048, margin 64, after one warm-up call) vs "
           "the exact dense pass:")
@@ -127,7 +136,7 @@ def main() -> None:
                     mod.weight.data.fill_(1.0)
             t = time.perf_counter()
             exact09 = extract_features_dense(args.slide, coords09, batch_size_extract=args.batch,
-                                             num_workers=args.workers, **kw)
+                                             num_workers=0, **kw)
             t_exact09 = time.perf_counter() - t
         extract_features_fully_conv(args.slide, coords09, tile_size=2048, margin=64, **kw)  # warm-up
         t = time.perf_counter()

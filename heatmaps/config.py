@@ -34,7 +34,7 @@ class ExpArguments(_Section):
     production_save_dir: str = Field("heatmaps/heatmap_production_results", description="final heatmaps, orig images, sampled patches")
     batch_size: int = Field(256, ge=1, description="patches per encoder / model batch")
     results_dir: str = Field("heatmaps/results", description="(wsi-heatmaps) where the results CSV <process_list stem>.csv is written, as CLAM does")
-    num_workers: int = Field(2, ge=0, description="(wsi-heatmaps) parallel patch-reading workers feeding the encoder")
+    num_workers: int | None = Field(None, ge=0, description="(wsi-heatmaps) patch-reading worker processes feeding the encoder; null = automatic: 0 on CPU (read between encoder batches), up to 4 on CUDA")
     batch_size_infer: int = Field(512, ge=1, description="(wsi-heatmaps) patches per attention batch of the fine pass (batch_size is the encoder's)")
     cache_dir: str | None = Field(None, description="(wsi-heatmaps) feature cache: features keyed by slide content, encoder weights and patch parameters are reused across runs")
 

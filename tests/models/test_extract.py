@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from models.encoders import Encoder, eval_transform
-from models.extract import extract_features, resolve_device, reuse_map
+from models.extract import extract_features, reading_workers, resolve_device, reuse_map
 from wsi_core.errors import ConfigError, SlideOpenError
 
 
@@ -96,3 +96,12 @@ def test_extract_missing_slide_with_workers(tmp_path: Path) -> None:
         extract_features(tmp_path / "gone.svs", np.zeros((2, 2)), patch_level=0,
                          patch_size=256, encoder=_encoder(), num_workers=2, progress=False)
     assert "\n" not in str(info.value) and "gone.svs" in str(info.value)
+
+
+def test_reading_workers_automatic_and_explicit() -> None:
+    # automatic: read between encoder batches on CPU, a few worker processes feeding a GPU
+    assert reading_workers(None, torch.device("cpu")) == 0
+    assert 1 <= reading_workers(None, torch.device("cuda")) <= 4
+    # an explicit number is honoured on either device
+    assert reading_workers(3, torch.device("cpu")) == 3
+    assert reading_workers(0, torch.device("cuda")) == 0
