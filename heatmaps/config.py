@@ -78,6 +78,14 @@ class ModelArguments(_Section):
     drop_out: float = Field(0.0, ge=0.0, le=1.0, description="dropout of the model (inactive at inference; true = 0.25 as CLAM)")
     embed_dim: int | None = Field(1024, ge=1, description="feature dimension the checkpoint expects (null: read it from the checkpoint)")
     n_classes: int | None = Field(None, description="copied from exp_arguments when absent (CLAM)")
+    combine: Literal["bag", "mean", "logit_mean"] | None = Field(
+        None, description="(wsi-heatmaps, dsmil) bag prediction from the two streams: bag (bag stream), mean (mean of the two sigmoid probabilities, the authors' --average), logit_mean (MIL-Lab); null = the checkpoint layout's own")
+    num_landmarks: int | None = Field(
+        None, ge=1, description="(wsi-heatmaps, transmil) Nystrom landmarks, not stored in the weights; null = embed_dim // 2 as in both reference implementations")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Builder options the weights cannot tell (``load_mil_checkpoint(model_kwargs=...)``)."""
+        return {k: v for k in ("combine", "num_landmarks") if (v := getattr(self, k)) is not None}
 
     @field_validator("drop_out", mode="before")
     @classmethod
@@ -219,7 +227,17 @@ def parse_config(data: dict, *, source: str = "<config>") -> HeatmapConfig:
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe(e, source) for e in exc.errors())) from None
     _check_score_map_keys(cfg, source)
+    _check_model_keys(cfg, source)
     return cfg
+
+
+def _check_model_keys(cfg: HeatmapConfig, source: str) -> None:
+    """Model options that belong to one model_type only."""
+    m = cfg.model_arguments
+    for key, owner in (("combine", "dsmil"), ("num_landmarks", "transmil")):
+        if getattr(m, key) is not None and m.model_type != owner:
+            raise ConfigError(f"{source}: model_arguments.{key} applies to model_type {owner} only, "
+                              f"but model_type is {m.model_type}; remove {key} or set it to null")
 
 
 def _check_score_map_keys(cfg: HeatmapConfig, source: str) -> None:

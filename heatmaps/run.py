@@ -115,7 +115,8 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
         raise ConfigError(f"{source}: no slide has process == 1 in the process list {pl_path or ''}")
     m = cfg.model_arguments
     model = load_mil_checkpoint(m.ckpt_path, model_type=m.model_type, n_classes=m.n_classes, model_size=m.model_size,
-                                drop_out=m.drop_out, embed_dim=m.embed_dim, device=device)
+                                drop_out=m.drop_out, embed_dim=m.embed_dim, device=device,
+                                model_kwargs=m.model_kwargs())
     names = {v: k for k, v in cfg.data_arguments.label_dict.items()}
     ctx = RunContext(cfg=cfg, model=model, class_names=names, device=device, force=force, progress=progress)
 

@@ -131,8 +131,8 @@ def test_combine_mean_averages_probabilities(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
         load_mil_checkpoint(tmp_path / "a.pth", model_type="dsmil", model_kwargs={"combine": "max"})
     assert str(info.value) == ("cannot build dsmil for checkpoint a.pth with options "
-                               "{'combine': 'max'}: dsmil combine must be one of ('bag', 'mean'), "
-                               "got 'max'")
+                               "{'combine': 'max'}: dsmil combine must be one of ('bag', 'mean', "
+                               "'logit_mean'), got 'max'")
 
 
 def test_attention_depends_on_the_whole_bag() -> None:
@@ -146,3 +146,83 @@ def test_attention_depends_on_the_whole_bag() -> None:
         sliced = torch.cat([model.attention_scores(h[i:i + 10]) for i in range(0, 50, 10)], dim=1)
     assert not np.allclose(sliced.numpy(), whole, atol=1e-3)
     np.testing.assert_allclose(attention_for_class(model, h, cls=1, batch_size=10), whole[1], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- MIL-Lab layout
+
+def _mil_lab_state_dict(D: int, E: int, C: int, Q: int, n_fc: int, seed: int = 0) -> dict:
+    """A state dict with MIL-Lab's DSMIL key names and shapes (``patch_embed`` Linear layers at
+    0, 3, ...; ``fcc`` Conv1d(3, 3, E) which MIL-Lab builds but never calls), wrapped in its
+    Hugging Face ``model.`` prefix."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * 0.2
+
+    sd = {}
+    for i in range(n_fc):
+        sd[f"patch_embed.{3 * i}.weight"], sd[f"patch_embed.{3 * i}.bias"] = r(E, D if i == 0 else E), r(E)
+    sd |= {"i_classifier.inst_classifier.weight": r(C, E), "i_classifier.inst_classifier.bias": r(C),
+           "b_classifier.q.weight": r(Q, E), "b_classifier.q.bias": r(Q),
+           "b_classifier.v.1.weight": r(E, E), "b_classifier.v.1.bias": r(E),
+           "b_classifier.norm.weight": 1 + r(E), "b_classifier.norm.bias": r(E),
+           "b_classifier.fcc.weight": r(3, 3, E), "b_classifier.fcc.bias": r(3),
+           "classifier.weight": r(C, C, E), "classifier.bias": r(C)}
+    return {f"model.{k}": v for k, v in sd.items()}
+
+
+def _mil_lab_reference(sd: dict, h: torch.Tensor, n_fc: int) -> tuple:
+    """MIL-Lab's DSMIL forward written out from its description: (instance scores (N, C), bag
+    logits (C,), logits = their mean with the max instance score (C,), softmax attention (N, C))."""
+    sd = {k.removeprefix("model."): v for k, v in sd.items()}
+    for i in range(n_fc):
+        h = torch.relu(F.linear(h, sd[f"patch_embed.{3 * i}.weight"], sd[f"patch_embed.{3 * i}.bias"]))
+    c = F.linear(h, sd["i_classifier.inst_classifier.weight"], sd["i_classifier.inst_classifier.bias"])
+    Q = F.linear(h, sd["b_classifier.q.weight"], sd["b_classifier.q.bias"])
+    V = F.linear(h, sd["b_classifier.v.1.weight"], sd["b_classifier.v.1.bias"])
+    crit = torch.sort(c, dim=0, descending=True, stable=True)[1][0]
+    A = F.softmax(Q @ Q[crit].T / Q.shape[1] ** 0.5, dim=0)                      # (N, C)
+    B = F.layer_norm(A.T @ V, (h.shape[1],), sd["b_classifier.norm.weight"], sd["b_classifier.norm.bias"])
+    bag = F.conv1d(B[None], sd["classifier.weight"], sd["classifier.bias"]).reshape(-1)
+    return c, bag, 0.5 * (bag + c.max(dim=0)[0]), A
+
+
+@pytest.mark.parametrize("n_fc", [1, 2])
+def test_mil_lab_layout_loads_and_matches_its_forward(tmp_path: Path, n_fc: int) -> None:
+    D, E, C, Q = 40, 24, 3, 16
+    sd = _mil_lab_state_dict(D, E, C, Q, n_fc)
+    torch.save(sd, tmp_path / "dsmil_mil_lab.pt")
+    model = load_mil_checkpoint(tmp_path / "dsmil_mil_lab.pt", model_type="dsmil", n_classes=C,
+                                embed_dim=D)
+    assert (model.layout, model.combine, model.multi_label) == ("mil_lab", "logit_mean", False)
+    assert {f"model.{k}" for k in model.state_dict()} == set(sd)  # strict: every key used
+    h = _bag(33, D, seed=5)
+    c, bag, logits, A = _mil_lab_reference(sd, h, n_fc)
+    pred = predict_bag(model, h)
+    np.testing.assert_allclose(pred.logits.reshape(-1), logits.numpy(), atol=1e-5)
+    np.testing.assert_allclose(pred.probs.reshape(-1), F.softmax(logits, dim=0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(instance_scores_for(model, h), c.numpy(), atol=1e-5)
+    assert pred.attention.shape == (C, 33)
+    np.testing.assert_allclose(F.softmax(torch.from_numpy(pred.attention), dim=1).numpy(), A.T.numpy(),
+                               atol=1e-6)
+    np.testing.assert_allclose(attention_for_class(model, h, cls=2), pred.attention[2], atol=1e-6)
+    # combine 'bag' keeps MIL-Lab's bag stream alone; 'mean' (sigmoid averaging) is refused
+    bag_only = load_mil_checkpoint(tmp_path / "dsmil_mil_lab.pt", model_type="dsmil",
+                                   model_kwargs={"combine": "bag"})
+    np.testing.assert_allclose(predict_bag(bag_only, h).logits.reshape(-1), bag.numpy(), atol=1e-5)
+    with pytest.raises(CheckpointError, match="a MIL-Lab model is softmax-trained: use 'logit_mean'"):
+        load_mil_checkpoint(tmp_path / "dsmil_mil_lab.pt", model_type="dsmil", model_kwargs={"combine": "mean"})
+
+
+def test_mil_lab_layout_inference_and_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    ref = create_mil_model("dsmil", n_classes=4, in_dim=20, layout="mil_lab", embed_dim=12, q_dim=8,
+                           num_fc_layers=2)
+    assert infer_dsmil_config(ref.state_dict()) == {"n_classes": 4, "in_dim": 20, "embed_dim": 12,
+                                                    "q_dim": 8, "num_fc_layers": 2, "layout": "mil_lab"}
+    torch.save(ref.state_dict(), tmp_path / "m.pt")
+    loaded = load_mil_checkpoint(tmp_path / "m.pt", model_type="dsmil")
+    h = _bag(21, 20, seed=3)
+    np.testing.assert_array_equal(predict_bag(ref.eval(), h).logits, predict_bag(loaded, h).logits)
+    with pytest.raises(CheckpointError, match="has a dsmil layout but model_arguments.model_type is abmil"):
+        load_mil_checkpoint(tmp_path / "m.pt", model_type="abmil")
