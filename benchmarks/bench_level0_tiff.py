@@ -1,6 +1,6 @@
 """Benchmark: a full-resolution (vis_level 0) heatmap of a 100,000 x 80,000 px slide as a
-pyramidal TIFF, with :func:`vis_utils.tiled.render_heatmap_tiff`. Targets: peak RSS <= 2 GB,
-minutes of wall time.
+pyramidal TIFF, written by the command line ``create_heatmaps.py --scores ... --vis_level 0``.
+Targets: peak RSS <= 2 GB, minutes of wall time.
 
 Steps:
 
@@ -9,11 +9,14 @@ Steps:
    package; when it is missing, a stand-in module (OpenCV JPEG, 4:2:0 YCbCr - the same layout,
    plus tifffile's pure-Python codecs) is put on its ``PYTHONPATH``.
 2. ``prepare``: tissue contours (``segment_tissue``, CLAM defaults), patches 256 px step 128 at
-   level 0 (``patch_grid``), smooth pseudo-random scores -> ``scores.h5`` + ``contours.geojson``.
-3. ``render`` runs in a fresh process, so its peak RSS (``ru_maxrss`` / ``VmHWM``) is that of
-   the render alone: reads the patches, opens the slide, renders the CLAM-semantics heatmap
-   (alpha 0.4, jet, tissue mask, rank percentiles) at vis_level 0 band by band and writes a JPEG
-   q90 pyramidal TIFF; then reopens it with OpenSlide and prints level sizes and mpp.
+   level 0 (``patch_grid``), smooth pseudo-random scores -> ``scores_coords.h5`` and
+   ``{slide_id}_tissue.geojson`` beside it (the command line's tissue mask).
+3. ``render`` runs ``create_heatmaps.py --scores scores_coords.h5 --slide SLIDE --output
+   heatmap_level0.tiff --vis_level 0 --alpha 0.4 --cmap jet`` as the only child of a fresh
+   process, so the children's ``ru_maxrss`` is the command's own peak RSS: it reads the patches,
+   opens the slide, renders the CLAM-semantics heatmap (tissue mask, rank percentiles) at
+   vis_level 0 band by band and writes a JPEG pyramidal TIFF; the TIFF is then reopened with
+   OpenSlide for its level sizes and mpp.
 
 Run from the repository root:
 ``python benchmarks/bench_level0_tiff.py [--width 100000 --height 80000] [--workdir DIR]``
@@ -110,7 +113,7 @@ def prepare(slide_path: Path, workdir: Path) -> None:
               + 0.2 * rng.standard_normal(len(coords))).astype(np.float32)
     write_coords_h5(workdir / "scores_coords.h5", coords, scores, patch_size=256, step=128,
                     patch_level=0, encoder="synthetic")
-    save_contours_geojson(contours, workdir / "contours.geojson", properties={})
+    save_contours_geojson(contours, workdir / f"{slide_path.stem}_tissue.geojson", properties={})
     print(f"prepare: {len(contours)} tissue contours in {t_seg:.1f} s; {len(coords):,} patches "
           f"(256 px, step 128) in {t_grid:.1f} s; prepare peak RSS {peak_rss_mib():.0f} MiB")
 
@@ -118,27 +121,22 @@ def prepare(slide_path: Path, workdir: Path) -> None:
 def render(slide_path: Path, workdir: Path) -> dict:
     import h5py
     import openslide
-    from vis_utils.heatmap import HeatmapStyle
-    from vis_utils.tiled import render_heatmap_tiff
-    from wsi_core import open_slide
-    from wsi_core.tissue import load_contours_geojson
 
-    with h5py.File(workdir / "scores_coords.h5", "r") as f:
-        coords, scores = f["coords"][:], f["attention_scores"][:]
-    contours, _ = load_contours_geojson(workdir / "contours.geojson")
     out = workdir / "heatmap_level0.tiff"
+    cmd = [sys.executable, str(REPO / "create_heatmaps.py"), "--scores", str(workdir / "scores_coords.h5"),
+           "--slide", str(slide_path), "--output", str(out), "--vis_level", "0", "--alpha", "0.4",
+           "--cmap", "jet"]
     t = time.perf_counter()
-    with open_slide(slide_path) as slide:
-        render_heatmap_tiff(slide, scores, coords, patch_size_level0=(256, 256), vis_level=0,
-                            contours=contours,
-                            style=HeatmapStyle(cmap="jet", alpha=0.4, overlap=0.5),
-                            convert_to_percentiles=True, out_path=out, quality=90)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - t
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with h5py.File(workdir / "scores_coords.h5", "r") as f:
+        n = len(f["coords"])
     osr = openslide.OpenSlide(str(out))
     result = {
-        "render_seconds": round(seconds, 1), "peak_rss_mib": round(peak_rss_mib()),
-        "cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),
-        "patches": int(len(coords)), "out_mib": round(out.stat().st_size / 2**20),
+        "render_seconds": round(seconds, 1), "peak_rss_mib": round(child.ru_maxrss / 1024),
+        "cpu_seconds": round(child.ru_utime + child.ru_stime, 1),
+        "patches": n, "out_mib": round(out.stat().st_size / 2**20),
         "levels": [list(d) for d in osr.level_dimensions],
         "mpp": [osr.properties.get("openslide.mpp-x"), osr.properties.get("openslide.mpp-y")],
         "cpus": os.cpu_count(),
@@ -171,7 +169,7 @@ def main() -> None:
                                "--workdir", str(a.workdir)], check=True, capture_output=True,
                               text=True)
         res = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"render_heatmap_tiff vis_level 0 {a.width}x{a.height}: {res['render_seconds']} s "
+        print(f"create_heatmaps.py --scores ... --vis_level 0, {a.width}x{a.height}: {res['render_seconds']} s "
               f"({res['cpu_seconds']} CPU-s), "
               f"peak RSS {res['peak_rss_mib']} MiB (target <= 2048), {res['patches']:,} patches, "
               f"TIFF {res['out_mib']} MiB, {len(res['levels'])} levels {res['levels'][:3]}..., "

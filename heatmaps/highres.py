@@ -26,7 +26,7 @@ from wsi_core.slide import open_slide
 from wsi_core.tissue import SegmentationParams, TissueContours, load_clam_mask_pkl, load_contours_geojson, segment_tissue
 
 from .config import HeatmapConfig, parse_config
-from .pipeline import read_scores
+from .outputs import read_scores
 from .process_list import slide_stem, write_csv
 
 log = logging.getLogger("wsi_heatmaps")

@@ -23,6 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
+import numpy as np
+
+from wsi_core.errors import FeatureFileError
+from wsi_core.io import write_h5
+
 from .config import HeatmapConfig
 
 
@@ -109,3 +115,26 @@ def results_csv_path(cfg: HeatmapConfig, process_list: Path | None) -> Path:
     """CLAM's results table: ``heatmaps/results/{process_list stem or save_exp_code}.csv``."""
     stem = process_list.stem if process_list is not None else cfg.exp_arguments.save_exp_code
     return Path(cfg.exp_arguments.results_dir) / f"{stem}.csv"
+
+
+def write_scores(path: Path, scores: np.ndarray, coords: np.ndarray, attrs: dict | None = None,
+                 extra: dict[str, np.ndarray] | None = None) -> None:
+    """CLAM's score H5: ``attention_scores`` float32 (N, 1), ``coords`` int64 (N, 2); ``extra``
+    datasets (ours: ``attention_raw`` (N, 1), ``class_scores`` (N, C)) ride along."""
+    data = {"attention_scores": np.asarray(scores, np.float32).reshape(-1, 1), "coords": np.asarray(coords, np.int64)}
+    write_h5(path, {**data, **(extra or {})}, attrs={"/": attrs} if attrs else None)
+
+
+def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(scores (N,) float32, coords (N, 2) int64, attributes of ``coords`` and of the file) of a
+    blockmap, overlap or ``_coords.h5`` file.
+
+    Raises:
+        FeatureFileError: the file is missing, not HDF5, or lacks either dataset.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {**dict(f["coords"].attrs), **dict(f.attrs)}
+            return f["attention_scores"][:].reshape(-1), f["coords"][:].astype(np.int64), attrs
+    except (OSError, KeyError) as exc:
+        raise FeatureFileError(f"{path}: not a score file with 'attention_scores' and 'coords' ({exc})") from None

@@ -23,7 +23,6 @@ from models.mil import instance_scores_for
 from models.checkpoints import check_feature_dim
 from vis_utils import reference_percentiles, render_heatmap, save_image
 from wsi_core.errors import CheckpointError, ConfigError, FeatureFileError, NoTissueError, RoiError, WsiHeatmapsError
-from wsi_core.io import write_h5
 from wsi_core.patching import check_roi, dense_step, patch_grid
 from wsi_core.slide import Slide, open_slide
 from wsi_core.tissue import (TissueContours, draw_segmentation, load_clam_mask_pkl, load_contours_geojson,
@@ -33,7 +32,7 @@ from .cache import FeatureCache, array_sha256, weights_sha256
 from .config import HeatmapConfig
 from .features import FeatureBag, find_features, load_feature_bag, save_feature_bag, validate_bag
 from .images import save_orig, save_samples, style, write_heatmap
-from .outputs import SlideOutputs, slide_outputs
+from .outputs import SlideOutputs, read_scores, slide_outputs, write_scores
 from .process_list import SlideTask
 from .scoremaps import Scales, fit_scales, map_classes, read_slide_scores, render_maps
 
@@ -234,29 +233,6 @@ def vis_patch_size(cfg: HeatmapConfig, slide: Slide) -> tuple[int, int]:
     p = cfg.patching_arguments
     dx, dy = slide.level_downsamples[p.patch_level]
     return int(p.patch_size * dx * p.custom_downsample), int(p.patch_size * dy * p.custom_downsample)
-
-
-def write_scores(path: Path, scores: np.ndarray, coords: np.ndarray, attrs: dict | None = None,
-                 extra: dict[str, np.ndarray] | None = None) -> None:
-    """CLAM's score H5: ``attention_scores`` float32 (N, 1), ``coords`` int64 (N, 2); ``extra``
-    datasets (ours: ``attention_raw`` (N, 1), ``class_scores`` (N, C)) ride along."""
-    data = {"attention_scores": np.asarray(scores, np.float32).reshape(-1, 1), "coords": np.asarray(coords, np.int64)}
-    write_h5(path, {**data, **(extra or {})}, attrs={"/": attrs} if attrs else None)
-
-
-def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(scores (N,) float32, coords (N, 2) int64, attributes of ``coords`` and of the file) of a
-    blockmap, overlap or ``_coords.h5`` file.
-
-    Raises:
-        FeatureFileError: the file is missing, not HDF5, or lacks either dataset.
-    """
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {**dict(f["coords"].attrs), **dict(f.attrs)}
-            return f["attention_scores"][:].reshape(-1), f["coords"][:].astype(np.int64), attrs
-    except (OSError, KeyError) as exc:
-        raise FeatureFileError(f"{path}: not a score file with 'attention_scores' and 'coords' ({exc})") from None
 
 
 # ---------------------------------------------------------------------------- outputs

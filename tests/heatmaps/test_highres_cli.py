@@ -2,6 +2,9 @@
 opens with the slide's geometry, plus _coords.h5) and --scores re-rendering without a model."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import openslide
@@ -52,6 +55,18 @@ def test_scores_rerender_png_equals_tiff_level(ref, slides_dir, tmp_path):
         b = np.asarray(t.read_region((0, 0), 0, t.level_dimensions[0]).convert("RGB"), np.int16)
     assert a.shape == b.shape == (1783, 2221, 3)
     assert np.abs(a - b).mean() < 2.0                                   # the TIFF tiles are JPEG q90
+
+
+def test_scores_rerender_runs_without_torch(ref, slides_dir, tmp_path):
+    """--scores needs no model: the command never imports torch (0.6 GB of resident memory)."""
+    raw = ref / "real_sb/heatmap_raw_results/REAL_SB/class_b/tcga-cr-7395-01a-01-ts1"
+    argv = ["--scores", str(raw / "tcga-cr-7395-01a-01-ts1_blockmap.h5"), "--output", str(tmp_path / "b.jpg"),
+            "--slide", str(slides_dir / "tcga-cr-7395-01a-01-ts1.svs"), "--vis_level", "1", "--quiet"]
+    code = ("import sys; from heatmaps.cli import main; rc = main(sys.argv[1:]); "
+            "sys.exit(rc or 10 * ('torch' in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-500:])
+    assert (tmp_path / "b.jpg").stat().st_size > 0
 
 
 def test_bad_high_res_input(ref, slides_dir, tmp_path, capsys):
