@@ -110,8 +110,11 @@ def _linear_indices(sd: Mapping[str, Tensor], prefix: str) -> list[int]:
 
 
 def infer_abmil_config(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
-    """Builder kwargs of an ABMIL (MIL-Lab layout) state dict read from tensor shapes, or None."""
+    """Builder kwargs of an ABMIL (MIL-Lab layout) state dict read from tensor shapes, or None
+    (also for MIL-Lab's CLAM-SB, whose ``instance_classifiers`` make it a ``clam_sb``)."""
     embed_idx = _linear_indices(sd, "patch_embed.")
+    if any(k.startswith("instance_classifiers.") for k in sd):
+        return None
     if not embed_idx or embed_idx != list(range(0, 3 * len(embed_idx), 3)):
         return None
     w0 = sd["patch_embed.0.weight"]

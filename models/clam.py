@@ -23,6 +23,11 @@ Instance scores (class score maps, (N, C) logits): the bag classifier applied to
 embedding h'_i instead of the pooled M, i.e. the logits the bag would get if all its attention
 fell on instance i: SB ``classifiers(h'_i)``; MB ``classifiers[c](h'_i)`` for each class c.
 Instances are scored independently (``instance_independent = True``).
+
+MIL-Lab's CLAM-SB (``mahmoodlab/MIL-Lab``, ``src/models/clam.py``; ``layout='mil_lab'``) is ABMIL's
+MIL-Lab layout with one attention head - ``patch_embed``, ``global_attn`` (gated or not),
+``classifier`` Linear(E, C) - plus ``instance_classifiers.{c}`` Linear(E, 2) (training only):
+:class:`ClamSBMilLab`, with ABMIL's forward and maps. MIL-Lab has no CLAM-MB.
 """
 from __future__ import annotations
 
@@ -33,9 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .abmil import ABMIL, infer_abmil_config
 from .mil import MILModel, register_mil_model
 
-__all__ = ["CLAM_SIZES", "ClamSB", "ClamMB", "GatedAttention", "PlainAttention", "infer_clam_config"]
+__all__ = ["CLAM_SIZES", "ClamSB", "ClamMB", "ClamSBMilLab", "GatedAttention", "PlainAttention",
+           "infer_clam_config"]
 
 #: model_size -> (L, H): hidden width after the first Linear, attention hidden width.
 CLAM_SIZES: dict[str, tuple[int, int]] = {"small": (512, 256), "big": (512, 384)}
@@ -161,6 +168,19 @@ class ClamMB(_ClamBase):
         return attention[cls]
 
 
+class ClamSBMilLab(ABMIL):
+    """CLAM-SB in MIL-Lab's layout: a one-head :class:`~models.abmil.ABMIL` (its forward, raw
+    attention (1, N) and instance scores ``classifier(h'_i)``) that also carries MIL-Lab's
+    ``instance_classifiers.{c}`` Linear(E, 2), unused at inference, so its weights load strictly."""
+
+    def __init__(self, *, n_classes: int, in_dim: int = 1024, embed_dim: int = 512,
+                 attn_dim: int = 384, gate: bool = True, num_fc_layers: int = 1,
+                 dropout: float = 0.25) -> None:
+        super().__init__(n_classes=n_classes, in_dim=in_dim, embed_dim=embed_dim, attn_dim=attn_dim,
+                         gate=gate, num_fc_layers=num_fc_layers, num_heads=1, dropout=dropout)
+        self.instance_classifiers = nn.ModuleList(nn.Linear(embed_dim, 2) for _ in range(n_classes))
+
+
 # --------------------------------------------------------------------------- layout inference
 
 def _indexed(sd: Mapping[str, Tensor], prefix: str) -> list[int]:
@@ -214,14 +234,32 @@ def infer_clam_config(sd: Mapping[str, Tensor], *, multi_branch: bool) -> dict[s
             "attn_dropout": attn_drop}
 
 
+def infer_mil_lab_clam_sb(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
+    """Builder kwargs of a MIL-Lab CLAM-SB state dict (ABMIL's keys with one attention head and a
+    linear classifier, plus one ``instance_classifiers.{c}`` per class), or None."""
+    cfg = infer_abmil_config({k: v for k, v in sd.items() if not k.startswith("instance_classifiers.")})
+    if cfg is None or cfg["num_heads"] != 1 or cfg["head_dim"] is not None:
+        return None
+    if _indexed(sd, "instance_classifiers.") != list(range(cfg["n_classes"])):
+        return None
+    return {k: cfg[k] for k in ("n_classes", "in_dim", "embed_dim", "attn_dim", "gate", "num_fc_layers")} \
+        | {"layout": "mil_lab"}
+
+
 _HINT = "attention_net.0.weight, attention_net.3.attention_a.0.weight, classifiers"
 _VARIANTS = ({"gate": True}, {"gate": False, "dropout": 0.0}, {"gate": False, "dropout": 0.25})
 
 
-@register_mil_model("clam_sb", infer=lambda sd: infer_clam_config(sd, multi_branch=False),
-                    key_hint=_HINT + ".weight", variants=_VARIANTS)
-def clam_sb(*, n_classes: int, in_dim: int = 1024, **kw: Any) -> ClamSB:
-    """CLAM-SB; kw: model_size ('small'|'big'), gate, dropout, attn_dropout."""
+@register_mil_model("clam_sb", key_hint=_HINT + ".weight (MIL-Lab: patch_embed.0.weight, instance_classifiers.0.weight)",
+                    infer=lambda sd: infer_clam_config(sd, multi_branch=False) or infer_mil_lab_clam_sb(sd),
+                    variants=(*_VARIANTS, {"layout": "mil_lab"}))
+def clam_sb(*, n_classes: int, in_dim: int = 1024, layout: str = "clam", **kw: Any) -> ClamSB | ClamSBMilLab:
+    """CLAM-SB; kw: model_size ('small'|'big'), gate, dropout, attn_dropout; ``layout='mil_lab'``:
+    MIL-Lab's CLAM-SB (kw: embed_dim, attn_dim, gate, num_fc_layers, dropout)."""
+    if layout == "mil_lab":
+        return ClamSBMilLab(n_classes=n_classes, in_dim=in_dim, **kw)
+    if layout != "clam":
+        raise ValueError(f"clam_sb layout must be 'clam' or 'mil_lab', got {layout!r}")
     return ClamSB(n_classes=n_classes, in_dim=in_dim, **kw)
 
 

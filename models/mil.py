@@ -85,7 +85,7 @@ class MILModel(nn.Module):
     n_branches: int = 1
     instance_independent: ClassVar[bool] = True
     attention_kind: ClassVar[str] = "logit"
-    multi_label: ClassVar[bool] = False
+    multi_label: bool = False  # per instance: DSMIL sets it from its checkpoint layout
 
     def attention_scores(self, h: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Attention (K, N) float32 of a bag ``h`` (N, D) (any slice of one when

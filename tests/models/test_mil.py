@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import models
-from models.mil import MIL_MODELS, create_mil_model, predict_bag, attention_for_class, registered_names
+from models.mil import (MIL_MODELS, attention_for_class, create_mil_model, instance_scores_for, predict_bag,
+                        registered_names)
 from wsi_core.errors import CheckpointError, FeatureFileError
 
 ARCHS = [
@@ -88,3 +89,31 @@ def test_create_unknown_model_suggests_closest() -> None:
     msg = str(info.value)
     assert "unknown model_arguments.model_type 'clam_bs'" in msg
     assert "abmil, clam_mb, clam_sb" in msg and "did you mean 'clam_sb'?" in msg
+
+
+# --------------------------------------------------------------------------- MIL-Lab's CLAM-SB
+
+def test_mil_lab_clam_sb_loads_as_clam_sb_with_abmil_maps(tmp_path):
+    """MIL-Lab's CLAM-SB = its one-head ABMIL + instance_classifiers (training only): it loads as
+    clam_sb (strictly, through the Hugging Face ``model.`` prefix) and scores like that ABMIL."""
+    from models.abmil import ABMIL
+    from models.checkpoints import load_mil_checkpoint
+    from models.clam import ClamSBMilLab
+
+    torch.manual_seed(0)
+    abmil = create_mil_model("abmil", n_classes=3, in_dim=20, embed_dim=16, attn_dim=8, gate=False,
+                             num_fc_layers=2).eval()
+    sd = dict(abmil.state_dict())
+    for c in range(3):
+        sd[f"instance_classifiers.{c}.weight"], sd[f"instance_classifiers.{c}.bias"] = torch.randn(2, 16), torch.randn(2)
+    torch.save({f"model.{k}": v for k, v in sd.items()}, tmp_path / "clam_mil_lab.pt")
+    model = load_mil_checkpoint(tmp_path / "clam_mil_lab.pt", model_type="clam_sb", n_classes=3, embed_dim=20)
+    assert type(model) is ClamSBMilLab and isinstance(model, ABMIL) and set(model.state_dict()) == set(sd)
+    h = torch.randn(31, 20)
+    a, b = predict_bag(abmil, h), predict_bag(model, h)
+    np.testing.assert_array_equal(a.logits, b.logits)
+    np.testing.assert_array_equal(a.attention, b.attention)
+    np.testing.assert_array_equal(instance_scores_for(abmil, h), instance_scores_for(model, h))
+    with pytest.raises(CheckpointError, match="has a clam_sb layout but model_arguments.model_type is abmil; "
+                                              "set model_type: clam_sb"):
+        load_mil_checkpoint(tmp_path / "clam_mil_lab.pt", model_type="abmil")
