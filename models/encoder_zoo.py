@@ -210,7 +210,8 @@ class _ConchImage(nn.Module):
 def conch_v1(*, target_img_size: int | None = None, weights_path=None) -> Encoder:
     """CONCH (512-d) through the ``conch`` package; local weights or hf_hub:MahmoodLab/conch.
 
-    Not exercised by the test suite (the package is not a dependency). A ``target_img_size``
+    The package is not a dependency: the tests drive this path through a stand-in for its
+    documented loader (``create_model_from_pretrained``), not the real CoCa. A ``target_img_size``
     other than 448 goes to CONCH's ``force_image_size`` (position embeddings resized).
     """
     try:

@@ -238,6 +238,64 @@ def test_conch_needs_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert "pip install git+https://github.com/Mahmoodlab/CONCH.git" in expected
 
 
+class _FakeCoCa(torch.nn.Module):
+    """Stands in for the CONCH package's CoCa model: a 512-d image tower over channel means."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.visual = torch.nn.Linear(3, 512)
+
+    def encode_image(self, x: torch.Tensor, proj_contrast: bool = True, normalize: bool = True) -> torch.Tensor:
+        assert proj_contrast is False and normalize is False  # CLAM/TRIDENT's unprojected features
+        return self.visual(x.mean(dim=(2, 3)))
+
+
+def _fake_conch(monkeypatch: pytest.MonkeyPatch, calls: list) -> None:
+    """A ``conch.open_clip_custom`` module whose loader records its arguments, loads a local file
+    non-strictly (as CONCH does) and cannot reach the hub."""
+    import types
+
+    def create_model_from_pretrained(name, checkpoint_path, force_image_size=None, return_transform=True):
+        calls.append((name, str(checkpoint_path), force_image_size, return_transform))
+        if str(checkpoint_path).startswith("hf_hub:"):
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        model = _FakeCoCa()
+        model.load_state_dict(torch.load(checkpoint_path, weights_only=True), strict=False)
+        return model
+
+    pkg, sub = types.ModuleType("conch"), types.ModuleType("conch.open_clip_custom")
+    sub.create_model_from_pretrained = create_model_from_pretrained
+    pkg.open_clip_custom = sub
+    monkeypatch.setitem(sys.modules, "conch", pkg)
+    monkeypatch.setitem(sys.modules, "conch.open_clip_custom", sub)
+
+
+def test_conch_build_path_with_the_package_api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The conch_v1 entry through the CONCH package's documented loader (faked: the package is not
+    a dependency): local weights, the unprojected 512-d image features, force_image_size for a
+    non-native size, a strict check of the file, and the hub error naming the hub id and the key."""
+    calls: list = []
+    _fake_conch(monkeypatch, calls)
+    torch.manual_seed(0)
+    ref = _FakeCoCa()
+    torch.save(ref.state_dict(), tmp_path / "conch.bin")
+    enc = create_encoder("conch_v1", weights_path=tmp_path / "conch.bin")
+    assert (enc.dim, enc.input_size, enc.weights_source) == (512, 448, str(tmp_path / "conch.bin"))
+    assert calls[-1] == ("conch_ViT-B-16", str(tmp_path / "conch.bin"), None, False)
+    x = enc.transform(Image.new("RGB", (512, 512), (200, 120, 180)))[None]
+    assert x.shape == (1, 3, 448, 448)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(enc.model(x).numpy(), ref.encode_image(x, False, False).numpy())
+    create_encoder("conch_v1", weights_path=tmp_path / "conch.bin", target_img_size=224)
+    assert calls[-1][2] == 224                                   # position embeddings resized by CONCH
+    torch.save({"visual.weight": torch.zeros(512, 3)}, tmp_path / "partial.bin")  # CONCH would load it
+    with pytest.raises(CheckpointError, match="partial.bin"):
+        create_encoder("conch_v1", weights_path=tmp_path / "partial.bin")
+    with pytest.raises(CheckpointError) as info:
+        create_encoder("conch_v1")
+    assert "hf_hub:MahmoodLab/conch" in str(info.value) and "encoder_arguments.weights_path" in str(info.value)
+
+
 @pytest.mark.parametrize("name, size, mean, std, interp", [
     ("uni_v1", 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear"),
     ("virchow2", 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic"),
