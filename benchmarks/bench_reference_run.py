@@ -5,7 +5,7 @@ from ../shared, outputs in a temporary dir) at fp32 on the CPU, checks the outpu
 (coords, features, attention, percentiles, file names) and prints the seconds beside CLAM's own
 measured run on this machine (timings.json). Run alone: other load on the 2 cores skews it.
 
-    python benchmarks/bench_reference_run.py [--threads 2] [--num-workers 2]
+    python benchmarks/bench_reference_run.py [--threads 2] [--num-workers N]
 """
 from __future__ import annotations
 
