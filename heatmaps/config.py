@@ -228,7 +228,15 @@ def parse_config(data: dict, *, source: str = "<config>") -> HeatmapConfig:
         raise ConfigError("\n".join(_describe(e, source) for e in exc.errors())) from None
     _check_score_map_keys(cfg, source)
     _check_model_keys(cfg, source)
+    _check_fully_convolutional(cfg, source)
     return cfg
+
+
+def _check_fully_convolutional(cfg: HeatmapConfig, source: str) -> None:
+    if cfg.encoder_arguments.fully_convolutional and cfg.patching_arguments.custom_downsample > 1:
+        raise ConfigError(f"{source}: encoder_arguments.fully_convolutional pools the encoder's feature map "
+                          "at the slide's own scale and cannot shrink patches; set "
+                          "patching_arguments.custom_downsample to 1 or fully_convolutional to false")
 
 
 def _check_model_keys(cfg: HeatmapConfig, source: str) -> None:

@@ -86,7 +86,8 @@ class RunContext:
         """What made the features (written to the features H5; a rerun reuses them only if equal)."""
         enc, p, e = self.encoder(), self.cfg.patching_arguments, self.cfg.encoder_arguments
         return {"encoder": enc.name, "weights_source": str(enc.weights_source), "target_img_size": int(enc.input_size),
-                "patch_size": p.patch_size, "patch_level": p.patch_level, "precision": self.precision,
+                "patch_size": p.patch_size, "patch_level": p.patch_level, "custom_downsample": p.custom_downsample,
+                "precision": self.precision,
                 "fully_convolutional": int(e.fully_convolutional)}
 
 
@@ -150,7 +151,13 @@ def grid(cfg: HeatmapConfig, slide: Slide, contours: TissueContours, *, step: in
 
 
 def encode(ctx: RunContext, slide: Slide, coords: np.ndarray) -> np.ndarray:
-    """Features (N, D) float32 of the patches at ``coords`` with the config's encoder."""
+    """Features (N, D) float32 of the patches at ``coords`` with the config's encoder.
+
+    With ``custom_downsample`` c > 1 each patch is read ``patch_size * c`` px wide at
+    ``patch_level`` and shrunk to ``patch_size`` (PIL's default filter) before the encoder's
+    transform, as CLAM's ``Wsi_Region`` does at patch_level 0 (at higher levels CLAM also
+    multiplies the read size by the level's downsample; here the footprint stays ``patch_size * c``
+    level px, the one the grid and the renderer use)."""
     p = ctx.cfg.patching_arguments
     if len(coords) == 0:
         return np.zeros((0, ctx.encoder().dim), np.float32)
@@ -160,12 +167,13 @@ def encode(ctx: RunContext, slide: Slide, coords: np.ndarray) -> np.ndarray:
         hit = ctx.cache.get(key, slide=slide.slide_id)
         if hit is not None:
             return hit[0]
-    kw = dict(patch_level=p.patch_level, patch_size=p.patch_size, encoder=ctx.encoder(), device=ctx.device,
-              progress=ctx.progress, precision=ctx.precision)
+    kw = dict(patch_level=p.patch_level, patch_size=p.patch_size * p.custom_downsample, encoder=ctx.encoder(),
+              device=ctx.device, progress=ctx.progress, precision=ctx.precision)
     if ctx.cfg.encoder_arguments.fully_convolutional:
         feats = extract_features_fully_conv(slide.path, coords, **kw)
     else:   # each band of the grid is read once and the (overlapping) windows cut from memory
         feats = extract_features_dense(slide.path, coords, batch_size_extract=ctx.cfg.exp_arguments.batch_size,
+                                       target_patch_size=p.patch_size if p.custom_downsample > 1 else None,
                                        num_workers=ctx.cfg.exp_arguments.num_workers, **kw)
     ctx.n_encoded += len(coords)
     if key is not None:
