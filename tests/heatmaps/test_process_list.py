@@ -87,3 +87,10 @@ def test_output_names_match_clam_reference(clam_reference_dir, tmp_path):
         assert (run / "heatmap_production_results" / p.relative_to("P")).is_file(), p
     png = out.sample_png("class_b", 0, "topk_high_attention", 0, 3864, 3072, 100.0)
     assert (run / "heatmap_production_results" / png.relative_to("P")).is_file()
+
+
+@pytest.mark.parametrize("name,a_t,a_h,line", [("bwh_biopsy", 1, 1, 50), ("bwh_resection", 100, 16, 150),
+                                               ("tcga", 16, 4, 250)])
+def test_clam_presets_ship(name, a_t, a_h, line):
+    preset = load_preset(f"presets/{name}.csv")
+    assert (preset["a_t"], preset["a_h"], preset["line_thickness"]) == (a_t, a_h, line)
