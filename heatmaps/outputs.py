@@ -16,6 +16,9 @@ Production dir ``{production_save_dir}/{save_exp_code}/``::
     {label}/{slide_id}_{overlap}_roi_{0|1}_blur_{0|1}_rs_{0|1}_bc_{0|1}_a_{alpha}_l_{vis_level}_bi_{0|1}_{binary_thresh}.{ext}
     {label}/{slide_id}_orig_{vis_level}.{ext}
     sampled_patches/label_{label}_pred_{pred}/{name}/{i}_{slide_id}_x_{x}_y_{y}_a_{percentile:.3f}.png
+
+:func:`write_scores` / :func:`read_scores` hold the layout of the score H5s (blockmap, fine pass,
+``_coords.h5``); they need no torch, so a ``--scores`` re-render runs without it.
 """
 from __future__ import annotations
 
