@@ -94,7 +94,7 @@ def make_slide(workdir: Path, width: int, height: int) -> Path:
 
 def prepare(slide_path: Path, workdir: Path) -> None:
     import numpy as np
-    from vis_utils.tiled import write_coords_h5
+    from wsi_core.formats import write_coords_h5
     from wsi_core import open_slide
     from wsi_core.patching import patch_grid
     from wsi_core.tissue import SegmentationParams, save_contours_geojson, segment_tissue

@@ -8,9 +8,9 @@ from .images import save_image
 from .normalize import ScoreScale, background_mask, fit_scale, fit_score_scale, run_scale
 from .percentiles import rank_percentiles, reference_percentiles
 from .sampling import SAMPLE_MODES, sample_patches
-from .scoremap import class_map_name, render_score_map
+from .scoremap import render_score_map
 from .tiff import TileSource, check_raster_size, pyramid_sizes, write_pyramidal_tiff
-from .tiled import TiffHeatmap, coords_h5_path, render_heatmap_tiff, scores_tiff_path, write_coords_h5
+from .tiled import TiffHeatmap, band_renderer, render_heatmap_tiff, score_band_renderer
 
 __all__ = [
     "rank_percentiles", "reference_percentiles",
@@ -19,7 +19,7 @@ __all__ = [
     "save_image",
     "HeatmapPlan", "plan_heatmap",
     "ScoreScale", "fit_scale", "fit_score_scale", "run_scale", "background_mask",
-    "save_colorbar", "save_scale_json", "scale_attrs", "render_score_map", "class_map_name",
+    "save_colorbar", "save_scale_json", "scale_attrs", "render_score_map",
     "TileSource", "check_raster_size", "pyramid_sizes", "write_pyramidal_tiff",
-    "TiffHeatmap", "render_heatmap_tiff", "write_coords_h5", "coords_h5_path", "scores_tiff_path",
+    "TiffHeatmap", "render_heatmap_tiff", "band_renderer", "score_band_renderer",
 ]

@@ -33,24 +33,23 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from wsi_core.errors import ConfigError, FeatureFileError, RoiError
+from wsi_core.errors import ConfigError, FeatureFileError
+from wsi_core.levels import level_scale, resolve_level, roi_canvas, to_level_px
 
 from .percentiles import rank_percentiles
 from .raster import (
-    band_heights, build_cells, cell_means, cell_stats, colormap_lut, expand_cells, lut_indices,
-    tissue_mask,
+    band_heights, build_cells, cell_means, cell_stats, colormap_lut, copy_masked, expand_cells, lut_indices,
+    row_bands, tissue_mask,
 )
 
 __all__ = ["HeatmapStyle", "HeatmapPlan", "plan_heatmap", "render_heatmap", "read_canvas",
            "render_on_canvas", "blur_ksize"]
 
-BAND_PIXELS = 1 << 22      # canvas pixels per row band (~4 Mpx: 32 MiB of float64 when blurring)
 CLAM_BLOCK = 1024          # CLAM block_blending's block size, canvas px
 READ_THREADS = max(1, min(8, os.cpu_count() or 1))   # parallel slide-block decoders
 
@@ -135,12 +134,6 @@ def read_canvas(slide, *, vis_level: int, top_left: tuple[int, int],
     return canvas
 
 
-def _bands(h: int, w: int, min_rows: int = 1) -> Iterator[tuple[int, int]]:
-    step = max(BAND_PIXELS // max(w, 1), min_rows, 1)
-    for a in range(0, h, step):
-        yield a, min(h, a + step)
-
-
 def render_on_canvas(canvas: np.ndarray, scores: np.ndarray, coords: np.ndarray, *,
                      patch_size: tuple[int, int], threshold: float, style: HeatmapStyle,
                      tissue: np.ndarray | None = None, inplace: bool = False) -> np.ndarray:
@@ -170,7 +163,7 @@ def render_on_canvas(canvas: np.ndarray, scores: np.ndarray, coords: np.ndarray,
         return _render_blur(canvas, cells, lut, blur_ksize(patch_size, style.overlap), style, tissue)
     out = canvas if inplace else canvas.copy()
     rgb_lut = lut.reshape(-1, 1, 3) if len(lut) == 256 else None
-    for a, b in _bands(h, w):
+    for a, b in row_bands(h, w):
         ca, cb = cells.cell_rows(a, b)
         sums, counts, n_above = cell_stats(cells, ca, cb)
         coloured = n_above > 0
@@ -188,7 +181,7 @@ def render_on_canvas(canvas: np.ndarray, scores: np.ndarray, coords: np.ndarray,
         region = out[a:b, x0:x1]
         if style.alpha < 1.0:
             colour = cv2.addWeighted(colour, style.alpha, region, 1.0 - style.alpha, 0)
-        _copy_masked(colour, mask, region)
+        copy_masked(colour, mask, region)
     return out
 
 
@@ -200,13 +193,6 @@ def _colour_cells(idx: np.ndarray, lut: np.ndarray, rgb_lut: np.ndarray | None) 
     return cv2.LUT(cv2.merge([i8, i8, i8]), rgb_lut)
 
 
-def _copy_masked(src: np.ndarray, mask: np.ndarray, dst: np.ndarray) -> None:
-    """``dst[mask] = src[mask]`` for (h, w, 3) uint8 images and an (h, w) uint8 0/1 mask."""
-    res = cv2.copyTo(src, mask, dst)
-    if res is not dst and not np.shares_memory(res, dst):  # pragma: no cover - binding copied
-        dst[...] = res
-
-
 def _render_blur(canvas: np.ndarray, cells, lut: np.ndarray, ksize: tuple[int, int],
                  style: HeatmapStyle, tissue: np.ndarray | None) -> np.ndarray:
     """Blur path: every output row needs ``ksize[1] // 2`` rows of blurred colour around it, which
@@ -215,7 +201,7 @@ def _render_blur(canvas: np.ndarray, cells, lut: np.ndarray, ksize: tuple[int, i
     r = ksize[1] // 2
     out = np.empty_like(canvas)
     rgb_lut = lut.reshape(-1, 1, 3) if len(lut) == 256 else None
-    for a, b in _bands(h, w, min_rows=2 * r):
+    for a, b in row_bands(h, w, min_rows=2 * r):
         ia, ib = max(0, a - r), min(h, b + r)
         oa, ob = max(0, a - 2 * r), min(h, b + 2 * r)
         ca, cb = cells.cell_rows(oa, ob)
@@ -228,7 +214,7 @@ def _render_blur(canvas: np.ndarray, cells, lut: np.ndarray, ksize: tuple[int, i
         if tissue is not None:
             mask &= tissue[ia:ib].view(np.uint8)
         img = canvas[ia:ib].copy()
-        _copy_masked(_colour_cells(lut_indices(overlay, len(lut)), lut, rgb_lut), mask, img)
+        copy_masked(_colour_cells(lut_indices(overlay, len(lut)), lut, rgb_lut), mask, img)
         img = cv2.GaussianBlur(img, ksize, 0)[a - ia:b - ia]
         if style.alpha < 1.0:
             img = cv2.addWeighted(img, style.alpha, canvas[a:b], 1.0 - style.alpha, 0)
@@ -248,22 +234,6 @@ def _flat_scores(scores, coords, slide_id: str) -> tuple[np.ndarray, np.ndarray]
     if s.dtype.kind not in "biuf" or not np.all(np.isfinite(s)):
         raise FeatureFileError(f"{slide_id}: attention scores contain NaN/Inf or are not numeric")
     return (s if s.dtype.kind == "f" else s.astype(np.float64)), c
-
-
-def _roi_region(slide, roi, scale: np.ndarray, vis_level: int):
-    """(top_left, bot_right, region_size) of the canvas."""
-    if roi is None:
-        return (0, 0), tuple(slide.level_dimensions[0]), tuple(slide.level_dimensions[vis_level])
-    x1, y1, x2, y2 = (int(v) for v in roi)
-    w0, h0 = slide.level_dimensions[0]
-    tl, br = np.array([x1, y1]), np.array([x2, y2])
-    size = (br * scale).astype(int) - (tl * scale).astype(int)
-    if x2 <= x1 or y2 <= y1 or x1 >= w0 or y1 >= h0 or x2 <= 0 or y2 <= 0 or np.any(size <= 0):
-        raise RoiError(
-            f"{slide.slide_id}: ROI x1={x1}, y1={y1}, x2={x2}, y2={y2} (level-0 px) is empty or "
-            f"outside the {w0}x{h0} slide; fix x1,y1,x2,y2 in the process list"
-        )
-    return (x1, y1), (x2, y2), (int(size[0]), int(size[1]))
 
 
 @dataclass(frozen=True)
@@ -295,25 +265,18 @@ def plan_heatmap(slide, scores, coords, *, patch_size_level0: tuple[int, int], v
     :func:`render_heatmap` does (percentiles are computed once, over all kept scores), so other
     renderers (the banded TIFF writer) draw the same pixels. Arguments and errors as
     :func:`render_heatmap`."""
-    if vis_level < 0:
-        vis_level = slide.best_level_for_downsample(32)
-    if vis_level >= slide.level_count:
-        raise ConfigError(
-            f"{slide.slide_id}: vis_level {vis_level} does not exist (levels 0-"
-            f"{slide.level_count - 1}); set heatmap_arguments.vis_level to -1 or a valid level"
-        )
-    dsx, dsy = slide.level_downsamples[vis_level]
-    scale = np.array([1 / dsx, 1 / dsy])
+    vis_level = resolve_level(slide, vis_level)
+    scale = level_scale(slide, vis_level)
     scores, coords = _flat_scores(scores, coords, slide.slide_id)
     threshold = 0.0
     if style.binarize:
         threshold = 1.0 / max(len(scores), 1) if style.binary_thresh < 0 else float(style.binary_thresh)
-    top_left, bot_right, region_size = _roi_region(slide, roi, scale, vis_level)
+    top_left, bot_right, region_size = roi_canvas(slide, roi, scale, vis_level)
     if roi is not None:
         keep = np.all(coords >= np.array(top_left), axis=1) & np.all(coords <= np.array(bot_right), axis=1)
         scores, coords = scores[keep], coords[keep] - np.array(top_left)
-    patch_size = tuple(int(v) for v in np.ceil(np.array(patch_size_level0) * scale).astype(int))
-    coords = np.ceil(coords * scale).astype(np.int64)
+    patch_size = tuple(int(v) for v in to_level_px(patch_size_level0, scale))
+    coords = to_level_px(coords, scale)
     if convert_to_percentiles:
         scores = rank_percentiles(scores)
     scores = scores / 100

@@ -17,7 +17,7 @@ Colour follows matplotlib's float-to-index rule (:func:`lut_indices`) on a uint8
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import matplotlib
@@ -226,3 +226,21 @@ def expand_cells(cell_values: np.ndarray, heights: np.ndarray, widths: np.ndarra
     ``heights[i] x widths[j]`` block (columns are repeated first, then whole rows are copied).
     """
     return np.repeat(np.repeat(cell_values, widths, axis=1), heights, axis=0)
+
+
+BAND_PIXELS = 1 << 22      # canvas pixels per row band (~4 Mpx: 32 MiB of float64 when blurring)
+
+
+def row_bands(h: int, w: int, min_rows: int = 1) -> Iterator[tuple[int, int]]:
+    """Row ranges ``[a, b)`` covering an ``(h, w)`` canvas in bands of about ``BAND_PIXELS``
+    pixels (at least ``min_rows`` rows), so per-band buffers stay bounded."""
+    step = max(BAND_PIXELS // max(w, 1), min_rows, 1)
+    for a in range(0, h, step):
+        yield a, min(h, a + step)
+
+
+def copy_masked(src: np.ndarray, mask: np.ndarray, dst: np.ndarray) -> None:
+    """``dst[mask] = src[mask]`` for (h, w, 3) uint8 images and an (h, w) uint8 0/1 mask."""
+    res = cv2.copyTo(src, mask, dst)
+    if res is not dst and not np.shares_memory(res, dst):  # pragma: no cover - binding copied
+        dst[...] = res

@@ -27,24 +27,21 @@ What :func:`render_score_map` draws (``vis_level`` canvas; same geometry as
 No loop over patches: the means come from the difference-array cell grid of
 :mod:`vis_utils.raster`, computed in row bands (memory of the order of one output band).
 
-Output names for one image per class: :func:`class_map_name`.
+Output names of the maps: ``heatmaps.layout.class_map_name``.
 """
 from __future__ import annotations
-
-import re
 
 import numpy as np
 
 from wsi_core.errors import ConfigError
+from wsi_core.levels import level_scale, resolve_level, roi_canvas, to_level_px
 
-from .heatmap import HeatmapStyle, _bands, _copy_masked, _roi_region, read_canvas, render_on_canvas
+from .heatmap import HeatmapStyle, read_canvas, render_on_canvas
 from .normalize import background_mask, check_mask_threshold
-from .raster import (band_heights, build_cells, cell_means, cell_stats, colormap_lut, expand_cells,
-                     lut_indices, tissue_mask)
+from .raster import (band_heights, build_cells, cell_means, cell_stats, colormap_lut, copy_masked, expand_cells,
+                     lut_indices, row_bands, tissue_mask)
 
-__all__ = ["render_score_map", "class_map_name", "MAP_KINDS"]
-
-MAP_KINDS = ("score", "attention")
+__all__ = ["render_score_map"]
 
 
 def _check_inputs(values01, coords, shade, slide_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -77,7 +74,7 @@ def _render_shaded(canvas: np.ndarray, values: np.ndarray, shade: np.ndarray, co
     every = np.ones(len(values), dtype=bool)
     cells = build_cells(coords[:, 0], coords[:, 1], patch_size, (w, h), values, every)
     shades = build_cells(coords[:, 0], coords[:, 1], patch_size, (w, h), shade, every)
-    for a, b in _bands(h, w):
+    for a, b in row_bands(h, w):
         ca, cb = cells.cell_rows(a, b)
         sums, counts, _ = cell_stats(cells, ca, cb)
         covered = counts > 0
@@ -97,7 +94,7 @@ def _render_shaded(canvas: np.ndarray, values: np.ndarray, shade: np.ndarray, co
         wpx = expand_cells(weight, heights, widths)[..., None]
         colour = expand_cells(lut[idx], heights, widths).astype(np.float32)
         blended = np.rint(colour * wpx + region.astype(np.float32) * (np.float32(1) - wpx)).astype(np.uint8)
-        _copy_masked(blended, mask, region)
+        copy_masked(blended, mask, region)
     return canvas
 
 
@@ -136,21 +133,16 @@ def render_score_map(slide, values01, coords, *, patch_size_level0: tuple[int, i
         raise ConfigError(f"{alpha_key} must be in [0, 1], got {alpha}")
     check_mask_threshold(mask_threshold)
     lut = colormap_lut(cmap)
-    if vis_level < 0:
-        vis_level = slide.best_level_for_downsample(32)
-    if vis_level >= slide.level_count:
-        raise ConfigError(f"{slide.slide_id}: vis_level {vis_level} does not exist (levels 0-"
-                          f"{slide.level_count - 1}); set heatmap_arguments.vis_level to -1 or a valid level")
+    vis_level = resolve_level(slide, vis_level)
     values, coords, shade = _check_inputs(values01, coords, shade, slide.slide_id)
-    dsx, dsy = slide.level_downsamples[vis_level]
-    scale = np.array([1 / dsx, 1 / dsy])
-    top_left, bot_right, region_size = _roi_region(slide, roi, scale, vis_level)
+    scale = level_scale(slide, vis_level)
+    top_left, bot_right, region_size = roi_canvas(slide, roi, scale, vis_level)
     if roi is not None:
         keep = np.all(coords >= np.array(top_left), axis=1) & np.all(coords <= np.array(bot_right), axis=1)
         values, coords = values[keep], coords[keep] - np.array(top_left)
         shade = None if shade is None else shade[keep]
-    patch_size = tuple(int(v) for v in np.ceil(np.array(patch_size_level0) * scale).astype(int))
-    coords = np.ceil(coords * scale).astype(np.int64)
+    patch_size = tuple(int(v) for v in to_level_px(patch_size_level0, scale))
+    coords = to_level_px(coords, scale)
     tissue = None
     if contours is not None:
         tissue = tissue_mask(contours, region_size=region_size, scale=(scale[0], scale[1]),
@@ -164,36 +156,3 @@ def render_score_map(slide, values01, coords, *, patch_size_level0: tuple[int, i
                                 style=HeatmapStyle(cmap=cmap, alpha=float(alpha)), tissue=tissue, inplace=True)
     return _render_shaded(canvas, values, shade, coords, patch_size=patch_size, lut=lut,
                           alpha=float(alpha), tissue=tissue)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _safe(name: str) -> str:
-    out = _UNSAFE.sub("_", str(name)).strip("._")
-    return out or "class"
-
-
-def class_map_name(slide_id: str, cls_name: str | None, kind: str, ext: str = "jpg") -> str:
-    """File name of one class's map (one image per class; the lead moves these into
-    ``heatmaps/outputs.py``).
-
-    * ``kind='score'``: ``{slide_id}_score_{cls}.{ext}`` - class evidence of ``cls``.
-    * ``kind='attention'``: ``{slide_id}_attention.{ext}`` (``cls_name`` None: the single
-      attention branch) or ``{slide_id}_attention_{cls}.{ext}`` (a per-class branch, CLAM-MB).
-
-    ``cls`` is the class name with every run of characters outside ``[A-Za-z0-9._-]`` replaced by
-    ``_`` (``'high grade/G3'`` -> ``'high_grade_G3'``). The colour bar and scale JSON of a map are
-    ``<stem>_colorbar.png`` and ``<stem>_scale.json`` beside it.
-
-    Raises:
-        ValueError: unknown ``kind``, or ``kind='score'`` without a class name.
-    """
-    ext = ext.lstrip(".")
-    if kind == "score":
-        if cls_name is None or str(cls_name) == "":
-            raise ValueError("class_map_name: a score map needs a class name")
-        return f"{slide_id}_score_{_safe(cls_name)}.{ext}"
-    if kind == "attention":
-        return f"{slide_id}_attention.{ext}" if cls_name is None else f"{slide_id}_attention_{_safe(cls_name)}.{ext}"
-    raise ValueError(f"class_map_name: kind must be one of {MAP_KINDS}, got {kind!r}")

@@ -28,16 +28,15 @@ from typing import Callable, NamedTuple
 import cv2
 import numpy as np
 
-from wsi_core.errors import ConfigError, FeatureFileError
-from wsi_core.io import write_h5
+from wsi_core.errors import ConfigError
 
 from .heatmap import CLAM_BLOCK, HeatmapPlan, HeatmapStyle, blur_ksize, plan_heatmap, read_canvas, \
     render_on_canvas
 from .raster import band_heights, build_cells, cell_means, cell_stats, expand_cells
 from .tiff import write_pyramidal_tiff
 
-__all__ = ["TiffHeatmap", "render_heatmap_tiff", "band_tissue_mask", "write_coords_h5",
-           "coords_h5_path", "scores_tiff_path"]
+__all__ = ["TiffHeatmap", "render_heatmap_tiff", "band_tissue_mask", "scaled_contours", "contour_edge_rows",
+           "band_renderer", "score_band_renderer"]
 
 BAND_TARGET_PX = 1 << 25        # ~32 Mpx (96 MiB RGB) per band; at least one 1024-row block row
 
@@ -49,46 +48,10 @@ class TiffHeatmap(NamedTuple):
     scores: Path | None
 
 
-def coords_h5_path(out_path: str | os.PathLike[str]) -> Path:
-    """``{output stem}_coords.h5`` beside a heatmap file."""
-    p = Path(out_path)
-    return p.with_name(f"{p.stem}_coords.h5")
-
-
-def scores_tiff_path(out_path: str | os.PathLike[str]) -> Path:
-    """``{output stem}_scores.tif`` beside a heatmap TIFF (the raw score map)."""
-    p = Path(out_path)
-    return p.with_name(f"{p.stem}_scores.tif")
-
-
-def write_coords_h5(path: str | os.PathLike[str], coords, scores, *, patch_size: int, step: int,
-                    patch_level: int, encoder: str, **attrs) -> Path:
-    """Write the patches behind a heatmap: ``coords`` (N, 2) int64 level-0 px top-left ``(x, y)``
-    and ``attention_scores`` (N, 1) float32, CLAM's blockmap layout (atomic, chunked).
-
-    Attributes: ``patch_size`` (px at ``patch_level``), ``step_size`` (px), ``patch_level`` and
-    ``encoder`` on the file and on ``coords``; ``**attrs`` (str/number values) on the file.
-
-    Raises:
-        FeatureFileError: coords are not (N, 2) or scores do not have N finite values.
-    """
-    c = np.asarray(coords)
-    s = np.asarray(scores, dtype=np.float32).reshape(-1)
-    if c.ndim != 2 or c.shape[1] != 2 or len(s) != len(c) or not np.all(np.isfinite(s)):
-        raise FeatureFileError(
-            f"{path}: coords {c.shape} and scores {np.shape(scores)} do not match; expected (N, 2) "
-            "level-0 coords and N finite scores"
-        )
-    meta = {"patch_size": int(patch_size), "step_size": int(step), "patch_level": int(patch_level),
-            "encoder": str(encoder)}
-    return write_h5(path, {"coords": c.astype(np.int64), "attention_scores": s.reshape(-1, 1)},
-                    attrs={"coords": meta, "/": {**meta, **attrs}})
-
-
 MASK_EDGE_ROWS = 2048      # contour edges are followed this far past a band border (see below)
 
 
-def _scaled_contours(contours, scale: np.ndarray, use_holes: bool) -> list:
+def scaled_contours(contours, scale: np.ndarray, use_holes: bool) -> list:
     """``[(tissue (K,1,2) int32, holes)]`` scaled to the canvas, largest first (as tissue_mask)."""
     sc = np.array([float(scale[0]), float(scale[1])])
     tissue = [np.array(c * sc, dtype=np.int32) for c in contours.tissue]
@@ -98,7 +61,7 @@ def _scaled_contours(contours, scale: np.ndarray, use_holes: bool) -> list:
     return [(t, hs if use_holes else []) for t, hs in pairs]
 
 
-def _edge_rows(scaled: list, oy: int) -> tuple[np.ndarray, np.ndarray]:
+def contour_edge_rows(scaled: list, oy: int) -> tuple[np.ndarray, np.ndarray]:
     """``(ylo, yhi)`` canvas rows spanned by every polygon edge (closing edges included)."""
     polys = [p for t, hs in scaled for p in [t, *hs]]
     if not polys:
@@ -123,10 +86,10 @@ def band_tissue_mask(scaled: list, *, top_left: tuple[int, int], scale: np.ndarr
     from ``segment_tissue``, whose edges are one segmentation pixel long).
 
     Args:
-        scaled: output of :func:`_scaled_contours` (canvas-scaled, sorted contours).
+        scaled: output of :func:`scaled_contours` (canvas-scaled, sorted contours).
         top_left: level-0 px origin of the canvas. scale: ``(1 / dsx, 1 / dsy)``.
         width, height: canvas size, px. rows: ``(a, b)`` canvas rows.
-        edge_rows: :func:`_edge_rows` of ``scaled`` (computed when None).
+        edge_rows: :func:`contour_edge_rows` of ``scaled`` (computed when None).
 
     Returns:
         ``(b - a, width)`` bool.
@@ -134,7 +97,7 @@ def band_tissue_mask(scaled: list, *, top_left: tuple[int, int], scale: np.ndarr
     a, b = (int(v) for v in rows)
     sc = np.array([float(scale[0]), float(scale[1])])
     ox, oy = (int(v) for v in (np.array(top_left) * sc * -1).astype(np.int32))
-    lo, hi = edge_rows if edge_rows is not None else _edge_rows(scaled, oy)
+    lo, hi = edge_rows if edge_rows is not None else contour_edge_rows(scaled, oy)
     cross = (lo < b) & (hi >= a)
     y0 = max(0, a - MASK_EDGE_ROWS, min(a, int(lo[cross].min(initial=a))))
     y1 = min(int(height), b + MASK_EDGE_ROWS, max(b, int(hi[cross].max(initial=b - 1)) + 1))
@@ -184,7 +147,7 @@ class _BaseReader:
         return chunk[a - a0:b - a0]
 
 
-def _band_renderer(slide, plan: HeatmapPlan, contours, style: HeatmapStyle
+def band_renderer(slide, plan: HeatmapPlan, contours, style: HeatmapStyle
                    ) -> Callable[[int, int], np.ndarray]:
     """``render_band(a, b) -> (b - a, w, 3)`` uint8 rows of the heatmap canvas."""
     w, h = plan.region_size
@@ -192,9 +155,9 @@ def _band_renderer(slide, plan: HeatmapPlan, contours, style: HeatmapStyle
     halo = 2 * (blur_ksize(plan.patch_size, style.overlap)[1] // 2) if style.blur else 0
     scaled = edges = None
     if style.segment and contours is not None:
-        scaled = _scaled_contours(contours, plan.scale, style.use_holes)
+        scaled = scaled_contours(contours, plan.scale, style.use_holes)
         oy = int(np.int32(-plan.top_left[1] * plan.scale[1]))
-        edges = _edge_rows(scaled, oy)
+        edges = contour_edge_rows(scaled, oy)
     base = _BaseReader(slide, plan, style)
     ys = plan.coords[:, 1]
 
@@ -216,7 +179,7 @@ def _band_renderer(slide, plan: HeatmapPlan, contours, style: HeatmapStyle
     return render_band
 
 
-def _score_band_renderer(plan: HeatmapPlan, style: HeatmapStyle
+def score_band_renderer(plan: HeatmapPlan, style: HeatmapStyle
                          ) -> Callable[[int, int], np.ndarray]:
     """``render_band(a, b) -> (b - a, w)`` uint8: round(255 * clip(mean value, 0, 1))."""
     w, h = plan.region_size
@@ -240,7 +203,7 @@ def render_heatmap_tiff(slide, scores, coords, *, patch_size_level0: tuple[int, 
                         vis_level: int, contours, style: HeatmapStyle,
                         convert_to_percentiles: bool, out_path: str | os.PathLike[str],
                         roi: tuple[int, int, int, int] | None = None,
-                        raw_scores: bool | str | os.PathLike[str] = False,
+                        raw_scores: str | os.PathLike[str] | None = None,
                         compression: str = "jpeg", quality: int = 90, tile_size: int = 256,
                         band_rows: int | None = None, min_size: int = 1024) -> TiffHeatmap:
     """Render a CLAM-semantics heatmap at ``vis_level`` (0 = full resolution) into a pyramidal TIFF.
@@ -254,11 +217,11 @@ def render_heatmap_tiff(slide, scores, coords, *, patch_size_level0: tuple[int, 
         slide, scores, coords, patch_size_level0, vis_level, contours, style,
             convert_to_percentiles, roi: as :func:`render_heatmap`.
         out_path: output ``.tif``/``.tiff`` (written atomically).
-        raw_scores: also write the raw score map - a single-channel uint8 pyramidal TIFF (lossless
-            deflate) whose value is ``round(255 * clip(v, 0, 1))`` of the per-pixel mean ``v`` that
-            the colour map sees (0-1 scale = percentile / 100; 0/255 when binarizing; 0 where no
-            patch covers the pixel; not blurred, not masked by tissue). True writes it to
-            :func:`scores_tiff_path`, a path writes it there.
+        raw_scores: a path: also write the raw score map there - a single-channel uint8 pyramidal
+            TIFF (lossless deflate) whose value is ``round(255 * clip(v, 0, 1))`` of the per-pixel
+            mean ``v`` that the colour map sees (0-1 scale = percentile / 100; 0/255 when
+            binarizing; 0 where no patch covers the pixel; not blurred, not masked by tissue).
+            The output layout (``heatmaps.layout.scores_tiff_path``) names it.
         compression, quality, tile_size, min_size: see :func:`write_pyramidal_tiff`
             (``compression='deflate'`` gives a lossless heatmap).
         band_rows: canvas rows per band; default: ~32 Mpx, a multiple of 1024 rows.
@@ -290,14 +253,14 @@ def render_heatmap_tiff(slide, scores, coords, *, patch_size_level0: tuple[int, 
             f"downsample {dsx:.6g}x{dsy:.6g}; level-0 origin "
             f"{plan.top_left[0]},{plan.top_left[1]}; "
             f"cmap {style.cmap}; alpha {style.alpha}")
-    out = write_pyramidal_tiff(out_path, _band_renderer(slide, plan, contours, style),
+    out = write_pyramidal_tiff(out_path, band_renderer(slide, plan, contours, style),
                                size=(w, h), mpp=mpp, tile_size=tile_size, compression=compression,
                                quality=quality, description=desc, min_size=min_size,
                                band_rows=band_rows)
     raw_path = None
     if raw_scores:
-        raw_path = scores_tiff_path(out_path) if raw_scores is True else Path(raw_scores)
-        write_pyramidal_tiff(raw_path, _score_band_renderer(plan, style), size=(w, h), mpp=mpp,
+        raw_path = Path(raw_scores)
+        write_pyramidal_tiff(raw_path, score_band_renderer(plan, style), size=(w, h), mpp=mpp,
                              tile_size=tile_size, compression="deflate",
                              description=desc.replace("heatmap of", "score map (255 * score) of"),
                              min_size=min_size, band_rows=band_rows)

@@ -12,7 +12,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .errors import RoiError
+from .levels import check_roi
 from .tissue import TissueContours
 
 __all__ = ["points_in_contour", "patch_grid", "dense_step", "center_shift_for"]
@@ -95,29 +95,6 @@ def center_shift_for(step_size: float, patch_size: float) -> float:
     if overlap < 0.95:
         return 0.5
     return 0.625
-
-
-def check_roi(
-    roi: Sequence[int], level0: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """The ROI ``(x1, y1, x2, y2)`` (level-0 px) as ints, validated against the level-0 size.
-
-    Raises:
-        RoiError: the ROI is empty or lies entirely outside the slide.
-    """
-    x1, y1, x2, y2 = (int(v) for v in roi)
-    w0, h0 = level0
-    if x2 <= x1 or y2 <= y1:
-        raise RoiError(
-            f"ROI (x1={x1}, y1={y1}, x2={x2}, y2={y2}) is empty (need x2 > x1 and y2 > y1) on "
-            f"a {w0}x{h0} slide; x1,y1,x2,y2 are level-0 px, fix them in the process list"
-        )
-    if x1 >= w0 or y1 >= h0 or x2 <= 0 or y2 <= 0:
-        raise RoiError(
-            f"ROI (x1={x1}, y1={y1}, x2={x2}, y2={y2}) lies outside the {w0}x{h0} slide; "
-            "x1,y1,x2,y2 are level-0 px, fix them in the process list"
-        )
-    return x1, y1, x2, y2
 
 
 def _four_pt_hard(contour: np.ndarray, cand: np.ndarray, ref: int, shift_frac: float) -> np.ndarray:

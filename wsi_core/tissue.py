@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import ConfigError, FeatureFileError, NoTissueError
 from .io import atomic_path
+from .levels import resolve_level
 from .slide import Slide
 
 __all__ = [
@@ -96,16 +97,6 @@ class TissueContours:
 # --------------------------------------------------------------------------- segmentation
 
 
-def _resolve_seg_level(slide: Slide, seg_level: int) -> int:
-    level = slide.best_level_for_downsample(32) if seg_level < 0 else int(seg_level)
-    if level >= slide.level_count:
-        raise ConfigError(
-            f"{slide.slide_id}: seg_level {seg_level} does not exist (slide has "
-            f"{slide.level_count} levels); use -1 or a level in 0..{slide.level_count - 1}"
-        )
-    return level
-
-
 def _tissue_mask(rgb: np.ndarray, p: SegmentationParams) -> np.ndarray:
     """(h, w) uint8 binary mask (0 / sthresh_up) from an RGB image, CLAM-style."""
     sat = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[:, :, 1]
@@ -162,7 +153,7 @@ def segment_tissue(slide: Slide, params: SegmentationParams) -> TissueContours:
         NoTissueError: no contour survives.
         ConfigError: seg_level does not exist, or keep_ids names a contour that does not exist.
     """
-    level = _resolve_seg_level(slide, params.seg_level)
+    level = resolve_level(slide, params.seg_level, name="seg_level", key="seg_level (preset or process-list column)")
     dsx, dsy = slide.level_downsamples[level]
     rgb = slide.read_region((0, 0), level, slide.level_dimensions[level])
     mask = _tissue_mask(rgb, params)
@@ -195,7 +186,7 @@ def _select_ids(n: int, params: SegmentationParams, slide_id: str) -> list[int]:
     if bad and n > 0:
         raise ConfigError(
             f"{slide_id}: keep_ids {bad} do not exist ({n} tissue contours, ids 0..{n - 1}); "
-            "fix keep_ids in the process list (see the contour ids on <slide_id>_mask.jpg)"
+            "fix keep_ids in the process list (the segmentation preview of the raw dir numbers the contours)"
         )
     base = keep if keep else set(range(n))
     return sorted(base - {int(i) for i in params.exclude_ids})
@@ -373,7 +364,7 @@ def draw_segmentation(
     Returns:
         ``(h, w, 3)`` uint8 RGB, the size of ``vis_level``.
     """
-    level = slide.best_level_for_downsample(32) if vis_level < 0 else int(vis_level)
+    level = resolve_level(slide, vis_level, name="vis_level", key="the vis_level process-list column")
     dsx, dsy = slide.level_downsamples[level]
     scale = (1.0 / dsx, 1.0 / dsy)
     img = slide.read_region((0, 0), level, slide.level_dimensions[level])

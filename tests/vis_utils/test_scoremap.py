@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vis_utils import heatmap as hm
+from vis_utils import raster as hm_bands
 from vis_utils.normalize import fit_scale
-from vis_utils.scoremap import class_map_name, render_score_map
+from vis_utils.scoremap import render_score_map
 from wsi_core.errors import ConfigError, RoiError
 from wsi_core.tissue import TissueContours
 
@@ -140,7 +140,7 @@ def test_bands_are_seamless(slide, contours, monkeypatch):
     values, shade, coords = _bag(seed=2)
     kw = dict(patch_size_level0=(96, 96), vis_level=0, contours=contours, cmap=CMAP, alpha=0.8, shade=shade)
     whole = render_score_map(slide, values, coords, **kw)
-    monkeypatch.setattr(hm, "BAND_PIXELS", 640 * 29)
+    monkeypatch.setattr(hm_bands, "BAND_PIXELS", 640 * 29)
     np.testing.assert_array_equal(whole, render_score_map(slide, values, coords, **kw))
 
 
@@ -184,14 +184,3 @@ def test_bad_inputs(slide):
         render_score_map(slide, values, coords, **{**kw, "cmap": "hot_nope"})
     with pytest.raises(RoiError, match="ROI"):
         render_score_map(slide, values, coords, roi=(700, 0, 800, 100), **kw)
-
-
-def test_class_map_names():
-    assert class_map_name("s1", "tumour", "score") == "s1_score_tumour.jpg"
-    assert class_map_name("s1", "high grade/G3", "score", "png") == "s1_score_high_grade_G3.png"
-    assert class_map_name("s1", None, "attention", ".tiff") == "s1_attention.tiff"
-    assert class_map_name("s1", "b", "attention") == "s1_attention_b.jpg"
-    with pytest.raises(ValueError, match="needs a class name"):
-        class_map_name("s1", None, "score")
-    with pytest.raises(ValueError, match="kind must be one of"):
-        class_map_name("s1", "a", "probability")

@@ -14,12 +14,9 @@ import tifffile
 from vis_utils.heatmap import HeatmapStyle, render_heatmap
 from vis_utils.raster import colormap_lut, tissue_mask
 from vis_utils.tiff import check_raster_size, pyramid_sizes, write_pyramidal_tiff
-from vis_utils.tiled import (
-    _scaled_contours, band_tissue_mask, coords_h5_path, render_heatmap_tiff, scores_tiff_path,
-    write_coords_h5,
-)
+from vis_utils.tiled import band_tissue_mask, render_heatmap_tiff, scaled_contours
 from wsi_core import open_slide
-from wsi_core.errors import ConfigError, FeatureFileError
+from wsi_core.errors import ConfigError
 from wsi_core.tissue import TissueContours, load_clam_mask_pkl
 
 from .clam_oracle import FakeSlide
@@ -115,23 +112,6 @@ def test_check_raster_size_messages():
         check_raster_size(70000, 100, ".jpeg")
 
 
-def test_write_coords_h5(tmp_path):
-    coords = np.array([[0, 0], [128, 0], [0, 128]], dtype=np.int32)
-    path = coords_h5_path(tmp_path / "slide_heatmap.tiff")
-    assert path.name == "slide_heatmap_coords.h5"
-    write_coords_h5(path, coords, np.array([0.1, 0.5, 0.9]), patch_size=256, step=128,
-                    patch_level=0, encoder="uni_v2", slide_id="slide")
-    with h5py.File(path, "r") as f:
-        assert f["coords"].dtype == np.int64 and f["coords"].shape == (3, 2)
-        assert f["attention_scores"].dtype == np.float32 and f["attention_scores"].shape == (3, 1)
-        assert dict(f.attrs) == {"patch_size": 256, "step_size": 128, "patch_level": 0,
-                                 "encoder": "uni_v2", "slide_id": "slide"}
-        assert f["coords"].attrs["patch_size"] == 256
-    with pytest.raises(FeatureFileError, match=r"coords \(3, 2\) and scores \(2,\) do not match"):
-        write_coords_h5(path, coords, np.array([0.1, 0.5]), patch_size=256, step=128,
-                        patch_level=0, encoder="uni_v2")
-
-
 def test_band_tissue_mask_equals_full_mask_rows():
     """OpenCV re-derives clipped polygon edges, so a naive band drawing differs at band borders
     (measured: 64 px in 1066 x 1031 for 150-row bands); band_tissue_mask must not."""
@@ -144,7 +124,7 @@ def test_band_tissue_mask_equals_full_mask_rows():
     scale = np.array([1066 / 3200, 1031 / 3100])
     for tl, size in [((0, 0), (1066, 1031)), ((37, 55), (900, 1000))]:
         full = tissue_mask(contours, region_size=size, scale=scale, top_left=tl, use_holes=True)
-        scaled = _scaled_contours(contours, scale, True)
+        scaled = scaled_contours(contours, scale, True)
         for a in range(0, size[1], 150):
             b = min(size[1], a + 150)
             band = band_tissue_mask(scaled, top_left=tl, scale=scale, width=size[0], rows=(a, b),
@@ -204,14 +184,14 @@ def test_planted_pattern_lands_on_level0_pixels(tmp_path):
                                   vis_level=0, contours=None,
                                   style=HeatmapStyle(alpha=1.0, blank_canvas=True),
                                   convert_to_percentiles=False, out_path=tmp_path / "hm.tif",
-                                  raw_scores=True, compression="deflate", band_rows=200)
+                                  raw_scores=tmp_path / "hm_scores.tif", compression="deflate", band_rows=200)
         level1 = slide.level_dimensions[1]
     got = _read(res.heatmap)
     expect = np.empty_like(got)
     expect[:] = lut[0]
     expect[512:768, 768:1024] = lut[-1]
     assert np.array_equal(got, expect)
-    assert res.scores == scores_tiff_path(tmp_path / "hm.tif")
+    assert res.scores == tmp_path / "hm_scores.tif"
     raw = _read(res.scores)[..., 0]
     assert raw.sum() == 255 * 256 * 256 and raw[512:768, 768:1024].min() == 255
     with openslide.OpenSlide(str(res.heatmap)) as osr:
