@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 
 from wsi_core.errors import ConfigError, SlideOpenError
+from wsi_core.formats import COORDS, FEATURES
 from wsi_core.io import write_h5
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
     "CODE_VERSION",
 ]
 
-log = logging.getLogger("wsi_heatmaps")
+log = logging.getLogger(__name__)
 
 FEATURES_FORMAT = 1                 # bump when the cached layout or the extraction semantics change
 HEAD_TAIL_BYTES = 1 << 20           # bytes hashed at each end of a slide without an OpenSlide quickhash
@@ -275,7 +276,7 @@ class FeatureCache:
             raise ValueError("cache put: coords must be integers and features finite")
         meta = {k: _h5_value(v) for k, v in dict(attrs or {}).items() if v is not None}
         meta.update(cache_key=key, features_format=FEATURES_FORMAT, code_version=CODE_VERSION)
-        return write_h5(self.path(key), {"features": feats, "coords": np.ascontiguousarray(c, dtype=np.int64)},
+        return write_h5(self.path(key), {FEATURES: feats, COORDS: np.ascontiguousarray(c, dtype=np.int64)},
                         attrs={"/": meta})
 
 
@@ -291,10 +292,10 @@ def _read_entry(path: Path, key: str) -> tuple[np.ndarray, np.ndarray, dict]:
             stored = attrs.get("cache_key")
             if stored != key:
                 raise _Corrupt(f"stored cache_key {stored!r} is not the file's key")
-            missing = [n for n in ("features", "coords") if not isinstance(f.get(n), h5py.Dataset)]
+            missing = [n for n in (FEATURES, COORDS) if not isinstance(f.get(n), h5py.Dataset)]
             if missing:
                 raise _Corrupt(f"dataset {', '.join(missing)} missing")
-            feats, coords = f["features"][()], f["coords"][()]
+            feats, coords = f[FEATURES][()], f[COORDS][()]
     except _Corrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated data raises OSError/RuntimeError/KeyError

@@ -19,7 +19,7 @@ from .process_list import PACKAGE_DIR, resolve_input_file
 # heatmaps.run (torch, the models) is imported only where a model runs: a --scores re-render stays
 # without torch, 0.6 GB less resident memory and seconds less start-up.
 
-log = logging.getLogger("wsi_heatmaps")
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +40,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars; warnings and errors only")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    highres.add_arguments(p)
+    _add_highres_arguments(p)
     return p
+
+
+def _add_highres_arguments(p: argparse.ArgumentParser) -> None:
+    """The high-resolution flags (``--checkpoint``/``--scores`` with ``--slide`` and ``--output``)."""
+    g = p.add_argument_group("high-resolution heatmap of one slide (no YAML needed)")
+    g.add_argument("--checkpoint", help="MIL checkpoint: run the model on --slide and write --output")
+    g.add_argument("--scores", help="re-render an existing blockmap / overlap / _coords.h5 on --slide (no model)")
+    g.add_argument("--slide", help="the slide file (or DICOM folder)")
+    g.add_argument("--output", help="output heatmap: .tiff/.tif (pyramidal, OpenSlide-readable), .png or .jpg")
+    g.add_argument("--model_type", default="clam_sb", help="MIL architecture of --checkpoint (default clam_sb)")
+    g.add_argument("--feature_extractor", default="auto",
+                   help="encoder: auto (from the checkpoint's input width) or a registered encoder name "
+                        "(an unknown name fails listing them)")
+    g.add_argument("--encoder_weights", help="local encoder weights (else $<NAME>_CKPT_PATH, else the hub)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="encoder precision (default fp32 on CPU, bf16 on CUDA)")
+    g.add_argument("--fully_convolutional", action="store_true", help="CNN encoders: one pass over large regions (fast, approximate)")
+    g.add_argument("--vis_level", type=int, default=0, help="level of the output (0 = full resolution, -1 = best level for downsample 32)")
+    g.add_argument("--patch_size", type=int, default=256, help="patch side at level 0 (px)")
+    g.add_argument("--cmap", default="jet", help="matplotlib colormap")
+    g.add_argument("--alpha", type=float, default=0.5, help="colour opacity over the slide")
+    g.add_argument("--batch_size_extract", type=int, default=32, help="patches per encoder batch")
+    g.add_argument("--batch_size_infer", type=int, default=512, help="patches per attention batch")
+    g.add_argument("--roi", help="x1,y1,x2,y2 in level-0 px")
+    g.add_argument("--raw_scores", action="store_true", help="TIFF output: also write the raw score map")
+
+
+def highres_request(args: argparse.Namespace) -> highres.HighresRequest:
+    """The typed request of ``--checkpoint``/``--scores`` mode.
+
+    Raises:
+        ConfigError: both or neither of --checkpoint / --scores, --slide or --output missing, a bad --roi.
+    """
+    if args.checkpoint and args.scores:
+        raise ConfigError("give either --checkpoint (run the model) or --scores (re-render), not both")
+    missing = [f"--{n}" for n in ("slide", "output") if not getattr(args, n)]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} required with --{'checkpoint' if args.checkpoint else 'scores'}")
+    return highres.HighresRequest(
+        slide=args.slide, output=args.output, checkpoint=args.checkpoint, scores=args.scores,
+        model_type=args.model_type, feature_extractor=args.feature_extractor, encoder_weights=args.encoder_weights,
+        precision=args.precision, fully_convolutional=bool(args.fully_convolutional), vis_level=args.vis_level,
+        patch_size=args.patch_size, cmap=args.cmap, alpha=args.alpha, batch_size_extract=args.batch_size_extract,
+        batch_size_infer=args.batch_size_infer, roi=highres.parse_roi(args.roi), raw_scores=bool(args.raw_scores),
+        overlap=args.overlap, overrides=tuple(args.overrides))
 
 
 def _config_path(name: str) -> Path:
@@ -62,22 +106,11 @@ def _load(name: str, args: argparse.Namespace) -> HeatmapConfig:
 def _main_highres(args: argparse.Namespace) -> int:
     """``--checkpoint/--scores --slide --output``: one slide, no YAML."""
     try:
-        if args.checkpoint and args.scores:
-            raise ConfigError("give either --checkpoint (run the model) or --scores (re-render), not both")
-        if args.scores:
-            highres.rerender(args)
-            return 0
-        from .run import run_config
-
-        cfg = highres.build_config(args)
-        if args.overrides:
-            cfg = apply_overrides(cfg, args.overrides, source="--set")
-        summary = run_config(cfg, source="command line", force=args.force, progress=not args.quiet, device=args.device)
-        if summary.failed:
-            print(f"error: {summary.failed[0][1]}", file=sys.stderr)
-            return 1
-        out = highres.finish_highres(cfg, args.output)
-        log.info("heatmap: %s (patches: %s)", out, highres.coords_h5_path(out))
+        req = highres_request(args)
+        if req.scores:
+            highres.rerender(req)
+        else:
+            highres.run_highres(req, device=args.device, force=args.force, progress=not args.quiet)
         return 0
     except WsiHeatmapsError as exc:
         print(f"error: {exc}", file=sys.stderr)

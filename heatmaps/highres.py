@@ -1,59 +1,40 @@
-"""The high-resolution command line on the same entry point.
+"""High-resolution heatmaps of one slide, no YAML (the command line's flags are in :mod:`heatmaps.cli`).
 
-``create_heatmaps.py --checkpoint CKPT --slide SLIDE --output OUT.tiff [--overlap 0.90] ...``
-builds a config in memory and runs the same pipeline as a YAML run, then puts the heatmap at
-``OUT`` and the patches behind it in ``{OUT stem}_coords.h5``. ``--scores SCORES.h5 --slide SLIDE
---output OUT`` re-renders an existing result (a blockmap, an overlap H5 or a ``_coords.h5``) at any
-``--vis_level``, ``--cmap``, ``--alpha`` without running a model.
+:func:`run_highres` builds a config in memory from a :class:`HighresRequest` and runs the same
+per-slide pipeline as a YAML run (:func:`heatmaps.pipeline.run_slide`), then puts the heatmap at
+``output`` and the patches behind it in ``{output stem}_coords.h5``. :func:`rerender` draws an
+existing result (a blockmap, an overlap H5 or a ``_coords.h5``) at any level, colormap and alpha
+without running a model (and without importing torch).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import h5py
-import numpy as np
 import pandas as pd
 
-from vis_utils import HeatmapStyle, render_heatmap, save_image
-from vis_utils.tiff import check_raster_size
-from vis_utils.tiled import coords_h5_path, render_heatmap_tiff, scores_tiff_path, write_coords_h5
+from vis_utils import HeatmapStyle
 from wsi_core.errors import ConfigError
+from wsi_core.formats import read_scores, scores_are_percentiles, write_coords_h5
+from wsi_core.levels import patch_footprint_level0, resolve_level
 from wsi_core.slide import open_slide
 from wsi_core.tissue import SegmentationParams, TissueContours, load_clam_mask_pkl, load_contours_geojson, segment_tissue
 
-from .config import HeatmapConfig, parse_config
-from .outputs import read_scores
-from .process_list import slide_stem, write_csv
+from .config import HeatmapConfig, apply_overrides, parse_config
+from .layout import (contour_files, coords_h5_path, highres_work_dir, score_file_kind, scores_tiff_path,
+                     slide_outputs)
+from .process_list import ROI_COLUMNS, SlideTask, initialize_process_list, load_preset, slide_stem, slide_task
+from .writers.images import write_heatmap
 
-log = logging.getLogger("wsi_heatmaps")
+if TYPE_CHECKING:   # torch stays out of a --scores re-render
+    from models import MILModel
+
+log = logging.getLogger(__name__)
 OUTPUT_EXTS = {".tiff": "tiff", ".tif": "tiff", ".png": "png", ".jpg": "jpg", ".jpeg": "jpg"}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The high-resolution flags (``--checkpoint``/``--scores`` with ``--slide`` and ``--output``)."""
-    g = p.add_argument_group("high-resolution heatmap of one slide (no YAML needed)")
-    g.add_argument("--checkpoint", help="MIL checkpoint: run the model on --slide and write --output")
-    g.add_argument("--scores", help="re-render an existing blockmap / overlap / _coords.h5 on --slide (no model)")
-    g.add_argument("--slide", help="the slide file (or DICOM folder)")
-    g.add_argument("--output", help="output heatmap: .tiff/.tif (pyramidal, OpenSlide-readable), .png or .jpg")
-    g.add_argument("--model_type", default="clam_sb", help="MIL architecture of --checkpoint (default clam_sb)")
-    g.add_argument("--feature_extractor", default="auto",
-                   help="encoder: auto (from the checkpoint's input width) or a registered name (resnet50_trunc, uni_v1, uni_v2, conch_v1, ctranspath, virchow2)")
-    g.add_argument("--encoder_weights", help="local encoder weights (else $<NAME>_CKPT_PATH, else the hub)")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="encoder precision (default fp32 on CPU, bf16 on CUDA)")
-    g.add_argument("--fully_convolutional", action="store_true", help="CNN encoders: one pass over large regions (fast, approximate)")
-    g.add_argument("--vis_level", type=int, default=0, help="level of the output (0 = full resolution)")
-    g.add_argument("--patch_size", type=int, default=256, help="patch side at level 0 (px)")
-    g.add_argument("--cmap", default="jet", help="matplotlib colormap")
-    g.add_argument("--alpha", type=float, default=0.5, help="colour opacity over the slide")
-    g.add_argument("--batch_size_extract", type=int, default=32, help="patches per encoder batch")
-    g.add_argument("--batch_size_infer", type=int, default=512, help="patches per attention batch")
-    g.add_argument("--roi", help="x1,y1,x2,y2 in level-0 px")
-    g.add_argument("--raw_scores", action="store_true", help="TIFF output: also write the raw score map")
 
 
 def _output_ext(output: str) -> str:
@@ -74,113 +55,157 @@ def parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
     return x1, y1, x2, y2
 
 
-def _require(args: argparse.Namespace, *names: str) -> None:
-    missing = [f"--{n}" for n in names if not getattr(args, n)]
-    if missing:
-        raise ConfigError(f"{' and '.join(missing)} required with --{'checkpoint' if args.checkpoint else 'scores'}")
+@dataclass(frozen=True)
+class HighresRequest:
+    """One slide, no YAML: ``checkpoint`` (run the model) or ``scores`` (re-render a score file)
+    on ``slide``, written to ``output`` (.tiff/.tif pyramidal, .png, .jpg).
+
+    Units: ``patch_size`` px at level 0; ``roi`` ``(x1, y1, x2, y2)`` level-0 px; ``vis_level``
+    a pyramid level (-1: the best level for downsample 32); ``alpha`` 0-1; ``overlap`` 0-1
+    (default 0.9). ``overrides``: ``section.key=value`` strings applied to the built config.
+    """
+
+    slide: str
+    output: str
+    checkpoint: str | None = None
+    scores: str | None = None
+    model_type: str = "clam_sb"
+    feature_extractor: str = "auto"
+    encoder_weights: str | None = None
+    precision: str | None = None
+    fully_convolutional: bool = False
+    vis_level: int = 0
+    patch_size: int = 256
+    cmap: str = "jet"
+    alpha: float = 0.5
+    batch_size_extract: int = 32
+    batch_size_infer: int = 512
+    roi: tuple[int, int, int, int] | None = None
+    raw_scores: bool = False
+    overlap: float | None = None
+    overrides: tuple[str, ...] = ()
 
 
-def build_config(args: argparse.Namespace) -> HeatmapConfig:
-    """The in-memory config of ``--checkpoint --slide --output`` (work files beside the output)."""
-    _require(args, "slide", "output")
-    slide, out = Path(args.slide), Path(args.output)
-    ext = _output_ext(args.output)
+def build_config(req: HighresRequest, model: MILModel) -> HeatmapConfig:
+    """The in-memory config of a ``checkpoint`` request for ``model`` (its class count and input
+    width; ``feature_extractor: auto`` reads the encoder from the width); raw outputs go to
+    :func:`heatmaps.layout.highres_work_dir`. ``req.overrides`` are applied last.
+
+    Raises:
+        ConfigError: bad output extension, missing slide, bad values.
+        CheckpointError: no registered encoder gives the model's input width.
+    """
+    from models import encoder_for_dim
+
+    slide, out = Path(req.slide), Path(req.output)
+    ext = _output_ext(req.output)
     if not slide.exists():
         raise ConfigError(f"--slide {slide}: file not found")
-    roi = parse_roi(args.roi)
-    work = out.parent / f"{out.stem}_work"
-    row = {"slide_id": slide.name, "label": "Unspecified"}
-    if roi:
-        row.update(dict(zip(("x1", "y1", "x2", "y2"), roi)))
-    pl = write_csv(pd.DataFrame([row]), work / "process_list.csv")
-    from models.checkpoints import load_mil_checkpoint
-    from models.encoders import encoder_for_dim
-
-    model = load_mil_checkpoint(args.checkpoint, model_type=args.model_type, n_classes=None, model_size=None, embed_dim=None)
-    info = {"n_classes": int(model.n_classes), "in_dim": int(model.in_dim)}
-    encoder = encoder_for_dim(info["in_dim"]) if args.feature_extractor == "auto" else args.feature_extractor
+    work = highres_work_dir(out)
+    encoder = encoder_for_dim(int(model.in_dim)) if req.feature_extractor == "auto" else req.feature_extractor
     data = {
-        "exp_arguments": {"n_classes": info["n_classes"], "save_exp_code": slide_stem(slide.name, ""),
+        "exp_arguments": {"n_classes": int(model.n_classes), "save_exp_code": slide_stem(slide.name, ""),
                           "raw_save_dir": str(work / "raw"), "production_save_dir": str(work / "production"),
-                          "results_dir": str(work), "batch_size": args.batch_size_extract,
-                          "batch_size_infer": args.batch_size_infer},
-        "data_arguments": {"data_dir": str(slide.parent), "process_list": str(pl), "slide_ext": "",
-                           "preset": "presets/bwh_biopsy.csv"},
-        "patching_arguments": {"patch_size": args.patch_size, "overlap": args.overlap if args.overlap is not None else 0.9},
-        "encoder_arguments": {"model_name": encoder, "weights_path": args.encoder_weights, "precision": args.precision,
-                              "fully_convolutional": bool(args.fully_convolutional)},
-        "model_arguments": {"ckpt_path": args.checkpoint, "model_type": args.model_type, "model_size": None,
-                            "embed_dim": info["in_dim"]},
-        "heatmap_arguments": {"vis_level": args.vis_level, "alpha": args.alpha, "cmap": args.cmap, "save_ext": ext,
-                              "save_orig": False, "use_roi": roi is not None, "raw_scores": bool(args.raw_scores)},
+                          "results_dir": str(work), "batch_size": req.batch_size_extract,
+                          "batch_size_infer": req.batch_size_infer},
+        "data_arguments": {"data_dir": str(slide.parent), "slide_ext": "", "preset": "presets/bwh_biopsy.csv"},
+        "patching_arguments": {"patch_size": req.patch_size, "overlap": req.overlap if req.overlap is not None else 0.9},
+        "encoder_arguments": {"model_name": encoder, "weights_path": req.encoder_weights, "precision": req.precision,
+                              "fully_convolutional": bool(req.fully_convolutional)},
+        "model_arguments": {"ckpt_path": req.checkpoint, "model_type": req.model_type, "model_size": None,
+                            "embed_dim": int(model.in_dim)},
+        "heatmap_arguments": {"vis_level": req.vis_level, "alpha": req.alpha, "cmap": req.cmap, "save_ext": ext,
+                              "save_orig": False, "use_roi": req.roi is not None, "raw_scores": bool(req.raw_scores)},
         "sample_arguments": {"samples": []},
     }
-    return parse_config(data, source="command line")
+    cfg = parse_config(data, source="command line")
+    return apply_overrides(cfg, list(req.overrides), source="--set") if req.overrides else cfg
 
 
-def finish_highres(cfg: HeatmapConfig, output: str) -> Path:
+def _slide_task(cfg: HeatmapConfig, req: HighresRequest) -> SlideTask:
+    """The request's one slide as a process-list row resolved in memory (preset, ROI)."""
+    row = {"slide_id": Path(req.slide).name, "label": "Unspecified"}
+    if req.roi:
+        row.update(dict(zip(ROI_COLUMNS, req.roi)))
+    df = initialize_process_list(pd.DataFrame([row]), load_preset(cfg.data_arguments.preset))
+    return slide_task(df.iloc[0], cfg.data_arguments, use_roi=cfg.heatmap_arguments.use_roi)
+
+
+def run_highres(req: HighresRequest, *, device: str | None = None, force: bool = False,
+                progress: bool = True) -> Path:
+    """Run the model of ``req.checkpoint`` on ``req.slide`` (the checkpoint read once, the slide
+    opened once) and put the heatmap at ``req.output`` with ``{output stem}_coords.h5`` beside it.
+
+    Raises:
+        WsiHeatmapsError: any bad input (config, checkpoint, slide, ROI).
+    """
+    from models import tune_cpu_allocator
+    from models.checkpoints import load_mil_checkpoint
+
+    from .pipeline import RunContext, run_slide
+    from .run import default_device, write_effective_config
+
+    device = device or default_device()
+    tune_cpu_allocator()
+    model = load_mil_checkpoint(req.checkpoint, model_type=req.model_type, device=device)
+    cfg = build_config(req, model)
+    options = cfg.model_arguments.model_kwargs()
+    if options:   # options the weights cannot tell (dsmil combine, transmil landmarks) shape the model
+        model = load_mil_checkpoint(req.checkpoint, model_type=req.model_type, device=device, model_kwargs=options)
+    task = _slide_task(cfg, req)
+    write_effective_config(cfg)
+    ctx = RunContext(cfg=cfg, model=model, class_names={}, device=device, force=force, progress=progress)
+    with open_slide(task.slide_path) as slide:
+        result = run_slide(ctx, task, slide=slide)
+    out = finish_highres(cfg, task, req.output)
+    log.info("%s: pred %d (p=%.4f); heatmap: %s (patches: %s)", task.slide_id, result.pred,
+             float(result.probs[result.pred]), out, coords_h5_path(out))
+    return out
+
+
+def finish_highres(cfg: HeatmapConfig, task: SlideTask, output: str) -> Path:
     """Move the run's heatmap to ``output`` and write ``{output stem}_coords.h5`` beside it."""
-    from .outputs import slide_outputs
-
     out = Path(output)
-    df = pd.read_csv(Path(cfg.exp_arguments.results_dir) / "process_list.csv")
-    sid = slide_stem(str(df.loc[0, "slide_id"]), "")
-    so = slide_outputs(cfg, sid, "Unspecified")
+    so = slide_outputs(cfg, task.slide_id, task.grouping)
     os.replace(so.heatmap(cfg), out)
     if cfg.heatmap_arguments.raw_scores and scores_tiff_path(so.heatmap(cfg)).is_file():
         os.replace(scores_tiff_path(so.heatmap(cfg)), scores_tiff_path(out))
-    with h5py.File(so.overlap_h5(), "r") as f:
-        coords, scores = f["coords"][:], f["attention_scores"][:].ravel()
+    fine = read_scores(so.overlap_h5())
     p = cfg.patching_arguments
-    write_coords_h5(coords_h5_path(out), coords, scores, patch_size=p.patch_size, step=cfg.step_size,
+    write_coords_h5(coords_h5_path(out), fine.coords, fine.scores, patch_size=p.patch_size, step=cfg.step_size,
                     patch_level=p.patch_level, encoder=cfg.encoder_arguments.model_name,
                     score_kind="percentile" if cfg.heatmap_arguments.use_ref_scores else "raw",
                     precision=str(cfg.encoder_arguments.precision or "auto"))
     return out
 
 
-def _is_percentile(path: Path, scores: np.ndarray, attrs: dict) -> bool:
-    """Blockmaps hold raw attention; overlap H5s with reference scores and our ``_coords.h5``
-    (``score_kind`` attribute) hold 0-100 percentiles."""
-    kind = attrs.get("score_kind")
-    if kind is not None:
-        return str(kind) == "percentile"
-    if path.name.endswith("_blockmap.h5"):
-        return False
-    return bool(re.search(r"_roi_(True|False)\.h5$", path.name)) and scores.min() >= 0 and scores.max() <= 100
-
-
 def _contours_for(slide, scores_path: Path) -> TissueContours:
     """Tissue contours saved beside the scores (ours or CLAM's), else a fresh segmentation."""
-    sid = slide.slide_id
-    for cand in (scores_path.parent / f"{sid}_tissue.geojson", scores_path.parent / f"{sid}_mask.pkl"):
-        if cand.is_file():
-            return load_contours_geojson(cand)[0] if cand.suffix == ".geojson" else load_clam_mask_pkl(cand)
+    geojson, pkl = contour_files(scores_path, slide.slide_id)
+    if geojson.is_file():
+        return load_contours_geojson(geojson)[0]
+    if pkl.is_file():
+        return load_clam_mask_pkl(pkl)
     return segment_tissue(slide, SegmentationParams(a_t=1.0, a_h=1.0, max_n_holes=2))
 
 
-def rerender(args: argparse.Namespace) -> Path:
-    """``--scores`` mode: draw an existing score file on the slide at ``--vis_level``."""
-    _require(args, "slide", "output")
-    ext = _output_ext(args.output)
-    scores_path = Path(args.scores)
-    scores, coords, attrs = read_scores(scores_path)
-    percentile = _is_percentile(scores_path, scores, attrs)
-    with open_slide(args.slide) as slide:
-        if not 0 <= args.vis_level < slide.level_count:
-            raise ConfigError(f"--vis_level {args.vis_level} is beyond {slide.slide_id}'s {slide.level_count} levels (0-{slide.level_count - 1})")
-        level = int(attrs.get("patch_level", 0))
-        size = int(attrs.get("patch_size", args.patch_size))
-        dx, dy = slide.level_downsamples[min(level, slide.level_count - 1)]
-        style = HeatmapStyle(cmap=args.cmap, alpha=args.alpha)
-        kw = dict(patch_size_level0=(int(size * dx), int(size * dy)), vis_level=args.vis_level,
-                  contours=_contours_for(slide, scores_path), style=style, convert_to_percentiles=not percentile,
-                  roi=parse_roi(args.roi))
-        if ext == "tiff":
-            render_heatmap_tiff(slide, scores, coords, out_path=args.output, raw_scores=bool(args.raw_scores), **kw)
-        else:
-            w, h = slide.level_dimensions[args.vis_level]
-            check_raster_size(w, h, ext)
-            save_image(render_heatmap(slide, scores, coords, **kw), args.output, quality=100)
-    log.info("%s: %d patches re-rendered at level %d -> %s", scores_path.name, len(coords), args.vis_level, args.output)
-    return Path(args.output)
+def rerender(req: HighresRequest) -> Path:
+    """``--scores`` mode: draw an existing score file on the slide at ``req.vis_level`` (no torch).
+
+    Raises:
+        ConfigError: bad output extension or level. FeatureFileError: not a score file.
+    """
+    ext = _output_ext(req.output)
+    scores_path = Path(req.scores)
+    sf = read_scores(scores_path)
+    percentile = scores_are_percentiles(sf, file_kind=score_file_kind(scores_path))
+    with open_slide(req.slide) as slide:
+        level = resolve_level(slide, req.vis_level, key="--vis_level")
+        footprint = patch_footprint_level0(slide, patch_size=int(sf.attrs.get("patch_size", req.patch_size)),
+                                           patch_level=int(sf.attrs.get("patch_level", 0)))
+        kw = dict(patch_size_level0=footprint, vis_level=level, contours=_contours_for(slide, scores_path),
+                  style=HeatmapStyle(cmap=req.cmap, alpha=req.alpha), convert_to_percentiles=not percentile, roi=req.roi)
+        write_heatmap(slide, sf.scores, sf.coords, Path(req.output),
+                      raw_scores=scores_tiff_path(req.output) if req.raw_scores and ext == "tiff" else None, **kw)
+    log.info("%s: %d patches re-rendered at level %d -> %s", scores_path.name, len(sf.coords), level, req.output)
+    return Path(req.output)

@@ -1,9 +1,9 @@
-"""The per-slide pipeline: tissue -> patches -> features -> attention -> blockmap -> fine pass
--> heatmap images -> sampled patches.
+"""The per-slide pipeline: tissue -> patches -> features -> attention -> blockmap -> fine pass.
 
-Each step is a plain function on plain data; :func:`process_slide` strings them together for one
-process-list row and returns the numbers for the results CSV. Errors are raised as
-``WsiHeatmapsError`` subclasses and caught at the slide boundary by :mod:`heatmaps.run`.
+Each step is a plain function on plain data; :func:`run_slide` strings them together for one
+slide, hands each step's numbers to the output writers (:mod:`heatmaps.writers`) and returns the
+numbers for the results CSV. Errors are raised as ``WsiHeatmapsError`` subclasses and caught at
+the slide boundary by the run loop (:mod:`heatmaps.run`).
 """
 from __future__ import annotations
 
@@ -12,31 +12,32 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from models import Encoder, MILModel, attention_for_class, create_encoder, default_precision, encoder_for_dim, predict_bag, reuse_map
+from models.checkpoints import check_feature_dim
 from models.extract import extract_features_dense
 from models.fully_conv import extract_features_fully_conv
-from models.mil import instance_scores_for
-from models.checkpoints import check_feature_dim
-from vis_utils import reference_percentiles, render_heatmap, save_image
-from wsi_core.errors import CheckpointError, ConfigError, FeatureFileError, NoTissueError, RoiError, WsiHeatmapsError
-from wsi_core.patching import check_roi, dense_step, patch_grid
+from models.mil import BagPrediction, instance_scores_for
+from vis_utils import reference_percentiles
+from wsi_core.errors import CheckpointError, FeatureFileError, NoTissueError, WsiHeatmapsError
+from wsi_core.formats import FeatureBag, has_raw_scores, read_scores, validate_bag, write_scores
+from wsi_core.levels import check_roi, patch_footprint_level0, resolve_level
+from wsi_core.patching import dense_step, patch_grid
 from wsi_core.slide import Slide, open_slide
-from wsi_core.tissue import (TissueContours, draw_segmentation, load_clam_mask_pkl, load_contours_geojson,
-                             save_contours_geojson, segment_tissue)
+from wsi_core.tissue import TissueContours, load_clam_mask_pkl, load_contours_geojson, save_contours_geojson, segment_tissue
 
 from .cache import FeatureCache, array_sha256, weights_sha256
 from .config import HeatmapConfig
-from .features import FeatureBag, find_features, load_feature_bag, save_feature_bag, validate_bag
-from .images import save_orig, save_samples, style, write_heatmap
-from .outputs import SlideOutputs, read_scores, slide_outputs, write_scores
+from .features import find_features, load_feature_bag, save_feature_bag
+from .layout import SlideOutputs, slide_outputs
 from .process_list import SlideTask
-from .scoremaps import Scales, fit_scales, map_classes, read_slide_scores, render_maps
+from .scoremaps import fit_scales, map_classes, read_slide_scores
+from .writers import SlideArtifacts, run_writers
+from .writers.scoremaps import draw_score_maps
 
-log = logging.getLogger("wsi_heatmaps")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -233,20 +234,11 @@ def _check_bag_dim(ctx: RunContext, bag: FeatureBag, made_here: bool) -> None:
                           f"{bag.features.shape[1]}-d features; use the features of the encoder the model was trained on")
 
 
-# ---------------------------------------------------------------------------- scores
-
-
-def vis_patch_size(cfg: HeatmapConfig, slide: Slide) -> tuple[int, int]:
-    """Patch footprint in level-0 px: patch_size * level downsample * custom_downsample (CLAM)."""
-    p = cfg.patching_arguments
-    dx, dy = slide.level_downsamples[p.patch_level]
-    return int(p.patch_size * dx * p.custom_downsample), int(p.patch_size * dy * p.custom_downsample)
-
-
-# ---------------------------------------------------------------------------- outputs
+# ---------------------------------------------------------------------------- the slide
 
 
 def outputs_complete(cfg: HeatmapConfig, out: SlideOutputs, orig_level: int) -> bool:
+    """Whether a slide's blockmap, heatmap and (with save_orig) orig image all exist."""
     h = cfg.heatmap_arguments
     need = [out.blockmap_h5, out.heatmap(cfg)]
     if h.save_orig:
@@ -254,108 +246,103 @@ def outputs_complete(cfg: HeatmapConfig, out: SlideOutputs, orig_level: int) -> 
     return all(p.is_file() for p in need)
 
 
-# ---------------------------------------------------------------------------- the slide
+def _finished_result(ctx: RunContext, task: SlideTask, out: SlideOutputs, orig_level: int, t0: float) -> SlideResult | None:
+    """The result of a slide whose outputs are complete (a rerun without --force), else None."""
+    if ctx.force or not outputs_complete(ctx.cfg, out, orig_level):
+        return None
+    attrs = read_scores(out.blockmap_h5).attrs
+    if "probs" not in attrs:
+        return None
+    fine = out.overlap_h5()
+    return SlideResult(task.slide_id, int(attrs.get("bag_size", 0)), np.asarray(attrs["probs"], np.float32),
+                       int(attrs["pred"]), time.perf_counter() - t0, skipped=True, task=task,
+                       fine_h5=fine if fine.is_file() else None)
 
 
-def process_slide(ctx: RunContext, task: SlideTask) -> SlideResult:
-    """Run every step for one slide and write its outputs (each file atomically).
+def _first_pass(ctx: RunContext, art: SlideArtifacts) -> tuple[FeatureBag, bool, BagPrediction]:
+    """Score the bag and write the blockmap H5; returns the bag, whether the fine pass may reuse
+    its features, and the model's result."""
+    cfg, task, out = ctx.cfg, art.task, art.out
+    bag, reusable = first_pass_bag(ctx, art.slide, task, art.contours, out)
+    _check_bag_dim(ctx, bag, reusable)
+    result = predict_bag(ctx.model, bag.features, device=ctx.device)
+    # the row a heatmap shows: CLAM-MB's predicted-class branch; several ABMIL heads: their mean
+    block_scores = ctx.model.heatmap_row(torch.from_numpy(result.attention), result.pred).numpy().astype(np.float32)
+    write_scores(out.blockmap_h5, block_scores, bag.coords,
+                 attrs={"probs": result.probs, "pred": result.pred, "bag_size": len(bag.coords),
+                        "model_type": cfg.model_arguments.model_type})
+    art.block_scores, art.block_coords, art.pred, art.probs = block_scores, bag.coords, result.pred, result.probs
+    return bag, reusable, result
+
+
+def _fine_pass(ctx: RunContext, art: SlideArtifacts, bag: FeatureBag, reusable: bool) -> Path:
+    """Compute and write the fine-pass H5 (``calc_heatmap``), or find an existing one; returns its path.
+
+    Raises:
+        NoTissueError: no fine-pass patch inside the tissue (and the ROI).
+        FeatureFileError: calc_heatmap is false and no fine-pass H5 exists.
+    """
+    cfg, h, task, out = ctx.cfg, ctx.cfg.heatmap_arguments, art.task, art.out
+    fine_path = out.overlap_h5()
+    if not h.calc_heatmap:
+        if fine_path.is_file():
+            return fine_path
+        fallback = out.overlap_h5(use_roi=False)
+        if not (h.use_roi and fallback.is_file()):
+            raise FeatureFileError(f"slide {task.slide_id}: calc_heatmap is false but {fine_path} does not exist; run once with calc_heatmap: true")
+        return fallback
+    p = cfg.patching_arguments
+    coords = grid(cfg, art.slide, art.contours, step=dense_step(p.patch_size, p.overlap), roi=task.roi)
+    if len(coords) == 0:
+        raise NoTissueError(f"slide {task.slide_id}: no fine-pass patch inside the tissue{' and the ROI ' + str(task.roi) if task.roi else ''}; check the ROI (level-0 x1,y1,x2,y2) or the segmentation")
+    feats = fine_pass_features(ctx, art.slide, coords, bag, reusable)
+    bs = cfg.exp_arguments.batch_size_infer
+    raw = attention_for_class(ctx.model, feats, cls=art.pred, device=ctx.device, batch_size=bs)
+    fine = reference_percentiles(raw, art.block_scores) if h.use_ref_scores else raw
+    class_scores = instance_scores_for(ctx.model, feats, device=ctx.device, batch_size=bs)
+    write_scores(fine_path, fine, coords, attrs={**ctx.encoder_attrs(), "step_size": cfg.step_size,
+                                                 "score_kind": "percentile" if h.use_ref_scores else "raw"},
+                 attention_raw=raw, class_scores=class_scores)
+    return fine_path
+
+
+def run_slide(ctx: RunContext, task: SlideTask, *, slide: Slide | None = None) -> SlideResult:
+    """Compute one slide (tissue -> first pass -> fine pass) and hand each step's numbers to the
+    enabled output writers (:mod:`heatmaps.writers`); every file is written atomically.
+
+    ``slide``: the open slide when the caller has one (it is opened here otherwise, once).
 
     Raises:
         WsiHeatmapsError: any bad input of this slide (the run loop records it and goes on).
     """
+    if slide is None:
+        with open_slide(task.slide_path) as opened:
+            return run_slide(ctx, task, slide=opened)
     t0 = time.perf_counter()
     cfg, h = ctx.cfg, ctx.cfg.heatmap_arguments
     out = slide_outputs(cfg, task.slide_id, task.grouping)
-    with open_slide(task.slide_path) as slide:
-        seg_vis_level = task.vis_level if task.vis_level >= 0 else slide.best_level_for_downsample(32)
-        orig_level = h.vis_level if h.vis_level >= 0 else seg_vis_level
-        if task.roi is not None:
-            try:
-                check_roi(task.roi, slide.level_dimensions[0])
-            except RoiError as exc:
-                raise RoiError(f"slide {task.slide_id}: {exc}") from None
-        if h.vis_level >= slide.level_count:
-            raise ConfigError(f"slide {task.slide_id}: heatmap_arguments.vis_level {h.vis_level} is beyond its {slide.level_count} levels (0-{slide.level_count - 1}); use -1 for the best level")
-        if not ctx.force and outputs_complete(cfg, out, orig_level):
-            _, _, attrs = read_scores(out.blockmap_h5)
-            if "probs" in attrs:
-                probs = np.asarray(attrs["probs"], np.float32)
-                fine = out.overlap_h5()
-                return SlideResult(task.slide_id, int(attrs.get("bag_size", 0)), probs, int(attrs["pred"]),
-                                   time.perf_counter() - t0, skipped=True, task=task,
-                                   fine_h5=fine if fine.is_file() else None)
+    seg_vis_level = resolve_level(slide, task.vis_level, key="the vis_level process-list column")
+    orig_level = resolve_level(slide, h.vis_level) if h.vis_level >= 0 else seg_vis_level
+    if task.roi is not None:
+        check_roi(task.roi, slide.level_dimensions[0], slide_id=f"slide {task.slide_id}")
+    done = _finished_result(ctx, task, out, orig_level, t0)
+    if done is not None:
+        return done
 
-        contours = load_or_segment(slide, task, out, force=ctx.force)
-        save_image(draw_segmentation(slide, contours, vis_level=seg_vis_level, line_thickness=task.line_thickness),
-                   out.mask_jpg, quality=75)
-
-        bag, reusable = first_pass_bag(ctx, slide, task, contours, out)
-        _check_bag_dim(ctx, bag, reusable)
-        result = predict_bag(ctx.model, bag.features, device=ctx.device)
-        pred = result.pred
-        # the row a heatmap shows: CLAM-MB's predicted-class branch; several ABMIL heads: their mean
-        block_scores = ctx.model.heatmap_row(torch.from_numpy(result.attention), pred).numpy().astype(np.float32)
-        write_scores(out.blockmap_h5, block_scores, bag.coords,
-                     attrs={"probs": result.probs, "pred": pred, "bag_size": len(bag.coords),
-                            "model_type": cfg.model_arguments.model_type})
-
-        save_samples(cfg, slide, task, out, block_scores, bag.coords, pred)
-        vps = vis_patch_size(cfg, slide)
-        save_image(render_heatmap(slide, block_scores, bag.coords, patch_size_level0=vps, vis_level=-1,
-                                  contours=contours, style=style(cfg, final=False), convert_to_percentiles=True),
-                   out.blockmap_png)
-
-        fine_path = out.overlap_h5()
-        if h.calc_heatmap:
-            coords = grid(cfg, slide, contours, step=dense_step(cfg.patching_arguments.patch_size, cfg.patching_arguments.overlap),
-                          roi=task.roi)
-            if len(coords) == 0:
-                raise NoTissueError(f"slide {task.slide_id}: no fine-pass patch inside the tissue{' and the ROI ' + str(task.roi) if task.roi else ''}; check the ROI (level-0 x1,y1,x2,y2) or the segmentation")
-            feats = fine_pass_features(ctx, slide, coords, bag, reusable)
-            raw = attention_for_class(ctx.model, feats, cls=pred, device=ctx.device,
-                                      batch_size=cfg.exp_arguments.batch_size_infer)
-            fine = reference_percentiles(raw, block_scores) if h.use_ref_scores else raw
-            class_scores = instance_scores_for(ctx.model, feats, device=ctx.device, batch_size=cfg.exp_arguments.batch_size_infer)
-            write_scores(fine_path, fine, coords, attrs={**ctx.encoder_attrs(), "step_size": cfg.step_size,
-                                                         "score_kind": "percentile" if h.use_ref_scores else "raw"},
-                         extra={"attention_raw": raw.reshape(-1, 1).astype(np.float32),
-                                                         "class_scores": class_scores.astype(np.float32)})
-        elif not fine_path.is_file():
-            fallback = out.overlap_h5(use_roi=False)
-            if not (h.use_roi and fallback.is_file()):
-                raise FeatureFileError(f"slide {task.slide_id}: calc_heatmap is false but {fine_path} does not exist; run once with calc_heatmap: true")
-            fine_path = fallback
-        fine_scores, fine_coords, _ = read_scores(fine_path)
-
-        write_heatmap(slide, fine_scores, fine_coords, out.heatmap(cfg), patch_size_level0=vps, vis_level=h.vis_level,
-                      contours=contours, style=style(cfg, final=True), convert_to_percentiles=not h.use_ref_scores,
-                      roi=task.roi if h.use_roi else None, raw_scores=h.raw_scores)
-        if h.save_orig:
-            save_orig(slide, orig_level, h.custom_downsample, out.orig(orig_level, h.save_ext))
-        if h.score_maps and not h.normalize_across_slides:
-            draw_score_maps(cfg, slide, contours, task, out, fine_path, pred, vps, None)
-    return SlideResult(task.slide_id, len(bag.coords), result.probs, pred, time.perf_counter() - t0,
-                       task=task, fine_h5=fine_path)
-
-
-def draw_score_maps(cfg: HeatmapConfig, slide: Slide, contours: TissueContours, task: SlideTask, out: SlideOutputs,
-                    fine_h5: Path, pred: int, vps: tuple[int, int], scales: Scales | None) -> None:
-    """The attention and class score maps of one slide (its own scale unless ``scales`` is given)."""
-    try:
-        scores = read_slide_scores(fine_h5)
-    except FeatureFileError as exc:
-        log.warning("%s: no score maps: %s", task.slide_id, exc)
-        return
-    classes = map_classes(cfg, pred)
-    scales = scales or fit_scales(cfg, [scores], classes)
-    render_maps(cfg, slide, contours, scores, slide_id=task.slide_id, production_dir=out.production_dir,
-                patch_size_level0=vps, classes=classes, scales=scales, fine_h5=fine_h5,
-                roi=task.roi if cfg.heatmap_arguments.use_roi else None)
-
-
-def _has_raw_scores(path: Path) -> bool:
-    with h5py.File(path, "r") as f:
-        return "attention_raw" in f and "class_scores" in f
+    art = SlideArtifacts(cfg=cfg, slide=slide, task=task, out=out, seg_vis_level=seg_vis_level, orig_level=orig_level,
+                         contours=load_or_segment(slide, task, out, force=ctx.force))
+    run_writers("tissue", art)
+    bag, reusable, result = _first_pass(ctx, art)
+    p = cfg.patching_arguments
+    art.patch_size_level0 = patch_footprint_level0(slide, patch_size=p.patch_size, patch_level=p.patch_level,
+                                                   custom_downsample=p.custom_downsample)
+    run_writers("blockmap", art)
+    art.fine_h5 = _fine_pass(ctx, art, bag, reusable)
+    fine = read_scores(art.fine_h5)
+    art.fine_scores, art.fine_coords = fine.scores, fine.coords
+    run_writers("heatmap", art)
+    return SlideResult(task.slide_id, len(bag.coords), result.probs, result.pred, time.perf_counter() - t0,
+                       task=task, fine_h5=art.fine_h5)
 
 
 def draw_run_score_maps(ctx: RunContext, results: list[SlideResult]) -> None:
@@ -363,14 +350,19 @@ def draw_run_score_maps(ctx: RunContext, results: list[SlideResult]) -> None:
     done = [r for r in results if r.fine_h5 is not None and r.task is not None]
     if not done:
         return
-    done = [r for r in done if _has_raw_scores(r.fine_h5)]
+    done = [r for r in done if has_raw_scores(r.fine_h5)]
     if not done:
         log.warning("score maps across slides: no slide has raw fine-pass scores (calc_heatmap: false?)")
         return
     classes = sorted({c for r in done for c in map_classes(ctx.cfg, r.pred)})
     scales = fit_scales(ctx.cfg, [read_slide_scores(r.fine_h5) for r in done], classes)
+    p = ctx.cfg.patching_arguments
     for r in done:
         out = slide_outputs(ctx.cfg, r.task.slide_id, r.task.grouping)
         with open_slide(r.task.slide_path) as slide:
-            contours = load_or_segment(slide, r.task, out, force=False)
-            draw_score_maps(ctx.cfg, slide, contours, r.task, out, r.fine_h5, r.pred, vis_patch_size(ctx.cfg, slide), scales)
+            art = SlideArtifacts(cfg=ctx.cfg, slide=slide, task=r.task, out=out, seg_vis_level=-1, orig_level=-1,
+                                 contours=load_or_segment(slide, r.task, out, force=False), pred=r.pred,
+                                 fine_h5=r.fine_h5,
+                                 patch_size_level0=patch_footprint_level0(slide, patch_size=p.patch_size, patch_level=p.patch_level,
+                                                                          custom_downsample=p.custom_downsample))
+            draw_score_maps(art, scales)

@@ -1,18 +1,19 @@
 """The run loop: one config, every slide of its process list, one failure never stops the batch.
 
-After each slide the process list's ``status`` (``processed`` / ``failed: <reason>``) and the
-results CSV (process list + ``bag_size``, ``Pred_c``, ``p_c``) are rewritten atomically, so an
-interrupted batch loses nothing already done, and a rerun skips slides whose outputs are complete.
+Computing and bookkeeping are apart: an :class:`heatmaps.executors.Executor` runs
+:func:`heatmaps.pipeline.run_slide` over the slides and yields each outcome; the
+:class:`heatmaps.results.ResultsBook` (owned here, by the parent) records it - the results CSV
+(process list + ``status``, ``bag_size``, ``Pred_c``, ``p_c``) rewritten atomically after each
+slide, so an interrupted batch loses nothing already done. A rerun skips slides whose outputs
+are complete.
 """
 from __future__ import annotations
 
 import logging
 import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 import yaml
 from tqdm.auto import tqdm
@@ -23,51 +24,19 @@ from wsi_core.errors import ConfigError, WsiHeatmapsError
 from wsi_core.io import atomic_path
 
 from .config import HeatmapConfig, config_to_dict
-from .outputs import effective_config_path, results_csv_path, slide_outputs
-from .pipeline import RunContext, SlideResult, draw_run_score_maps, process_slide
+from .executors import Executor, SequentialExecutor
+from .layout import autogen_process_list_path, effective_config_path, results_csv_path, slide_outputs
+from .pipeline import RunContext, SlideResult, draw_run_score_maps, run_slide
 from .process_list import read_process_list, slide_task, write_csv
+from .results import ResultsBook, RunSummary
 
-log = logging.getLogger("wsi_heatmaps")
+__all__ = ["run_config", "dry_run", "default_device", "RunSummary"]
 
-
-@dataclass
-class RunSummary:
-    """What a run did: per-slide results and failures, and where the tables are."""
-
-    results_csv: Path | None = None
-    processed: list[SlideResult] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)   # (slide_id, reason)
-    n_encoded: int = 0
-    seconds: float = 0.0
+log = logging.getLogger(__name__)
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _write_status(path: Path | None, row: int, status: str, warned: set[Path]) -> None:
-    """Write a slide's status back into the user's process list (atomically). A read-only list is
-    warned about once per run and left alone: the results CSV carries the status too."""
-    if path is None:
-        return
-    try:
-        df = pd.read_csv(path, dtype={"slide_id": str, "label": object})
-        if "status" not in df.columns:
-            df["status"] = "tbp"
-        df["status"] = df["status"].astype(object)
-        df.loc[row, "status"] = status
-        write_csv(df, path)
-    except (OSError, WsiHeatmapsError) as exc:
-        if path not in warned:
-            log.warning("could not write status back to %s (%s); the results CSV holds it", path, exc)
-            warned.add(path)
-
-
-def _record(df: pd.DataFrame, i: int, result: SlideResult, names: dict[int, str], n_classes: int) -> None:
-    df.loc[i, "bag_size"] = result.bag_size
-    for c, (name, p) in enumerate(result.ranked(names)[:n_classes]):
-        df.loc[i, f"Pred_{c}"] = name
-        df.loc[i, f"p_{c}"] = p
 
 
 def dry_run(cfg: HeatmapConfig, *, source: str) -> list[str]:
@@ -96,9 +65,27 @@ def dry_run(cfg: HeatmapConfig, *, source: str) -> list[str]:
     return lines
 
 
+def write_effective_config(cfg: HeatmapConfig) -> Path:
+    """The effective config (every default filled in) at ``{raw_save_dir}/{save_exp_code}/config.yaml``."""
+    path = effective_config_path(cfg)
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path
+
+
+@dataclass
+class _Job:
+    """One selected row of the process list: its index and (once resolved) its slide id."""
+
+    index: int
+    slide_id: str
+
+
 def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = False, progress: bool = True,
-               device: str | None = None) -> RunSummary:
+               device: str | None = None, executor: Executor | None = None) -> RunSummary:
     """Run one config over its process list.
+
+    ``executor``: how slides are distributed (default: :class:`SequentialExecutor`).
 
     Raises:
         WsiHeatmapsError: problems that concern the whole config (process list, checkpoint);
@@ -120,39 +107,25 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
     names = {v: k for k, v in cfg.data_arguments.label_dict.items()}
     ctx = RunContext(cfg=cfg, model=model, class_names=names, device=device, force=force, progress=progress)
 
-    cfg_path = effective_config_path(cfg)
-    with atomic_path(cfg_path) as tmp:
-        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    summary = RunSummary(results_csv=results_csv_path(cfg, pl_path))
+    cfg_path = write_effective_config(cfg)
+    results_csv = results_csv_path(cfg, pl_path)
     if pl_path is None:   # built from data_dir: keep the generated list beside the raw outputs
-        pl_path = write_csv(df, cfg_path.parent / "process_list_autogen.csv")
+        pl_path = write_csv(df, autogen_process_list_path(cfg))
+    book = ResultsBook(todo, rows, results_csv=results_csv, process_list=pl_path, class_names=names,
+                       n_classes=cfg.exp_arguments.n_classes)
 
-    warned: set[Path] = set()
-    bar = tqdm(range(len(todo)), desc=f"slides ({cfg.exp_arguments.save_exp_code})", unit="slide", disable=not progress)
-    for i in bar:
-        sid = str(todo.loc[i, "slide_id"])
-        try:
-            task = slide_task(todo.loc[i], cfg.data_arguments, use_roi=cfg.heatmap_arguments.use_roi)
-            sid = task.slide_id
-            result = process_slide(ctx, task)
-            _record(todo, i, result, names, cfg.exp_arguments.n_classes)
-            status = "processed"
-            summary.processed.append(result)
-            top, p = result.ranked(names)[0]
-            log.info("%s: bag %d, pred %s (p=%.4f), %.1f s%s", sid, result.bag_size, top, p, result.seconds,
-                     " (outputs complete, skipped; --force reruns)" if result.skipped else "")
-        except WsiHeatmapsError as exc:
-            status = f"failed: {exc}"
-            summary.failed.append((sid, str(exc)))
-            log.error("%s: FAILED: %s", sid, exc)
-        except Exception as exc:  # noqa: BLE001 - one bad slide never stops the batch
-            status = f"failed: {type(exc).__name__}: {exc}"
-            summary.failed.append((sid, status[8:]))
-            log.error("%s: FAILED with an unexpected error: %s: %s", sid, type(exc).__name__, exc)
-            log.debug("%s", traceback.format_exc())
-        todo.loc[i, "status"] = status.replace("\n", " ")
-        write_csv(todo, summary.results_csv)
-        _write_status(pl_path, rows[i], status.replace("\n", " "), warned)
+    def work(job: _Job) -> SlideResult:
+        task = slide_task(todo.loc[job.index], cfg.data_arguments, use_roi=cfg.heatmap_arguments.use_roi)
+        job.slide_id = task.slide_id
+        return run_slide(ctx, task)
+
+    jobs = [_Job(i, str(todo.loc[i, "slide_id"])) for i in range(len(todo))]
+    bar = tqdm(total=len(jobs), desc=f"slides ({cfg.exp_arguments.save_exp_code})", unit="slide", disable=not progress)
+    for job, outcome in (executor or SequentialExecutor()).map(work, jobs):
+        book.record(job.index, job.slide_id, outcome)
+        bar.update(1)
+    bar.close()
+    summary = book.summary
     if cfg.heatmap_arguments.score_maps and cfg.heatmap_arguments.normalize_across_slides:
         try:
             draw_run_score_maps(ctx, summary.processed)

@@ -20,19 +20,19 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from vis_utils.colorbar import save_colorbar, save_scale_json, scale_attrs
 from vis_utils.images import save_image
 from vis_utils.normalize import ScoreScale, fit_scale, fit_score_scale, run_scale
-from vis_utils.scoremap import class_map_name, render_score_map
-from wsi_core.errors import ConfigError, FeatureFileError
-from wsi_core.io import write_h5
+from vis_utils.scoremap import render_score_map
+from wsi_core.errors import ConfigError
+from wsi_core.formats import read_raw_scores, record_scale_attrs
 
 from .config import HeatmapConfig
+from .layout import SlideOutputs, colorbar_path, scale_json_path
 
-log = logging.getLogger("wsi_heatmaps")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,17 +53,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def read_slide_scores(path: Path) -> SlideScores:
-    """The raw attention and class scores saved in a fine-pass H5 (datasets ``attention_raw``
-    and ``class_scores`` beside CLAM's ``attention_scores`` and ``coords``).
+    """The raw attention and per-patch class probabilities of a fine-pass H5 written by this tool.
 
     Raises:
         FeatureFileError: the file has no raw attention (e.g. CLAM's own H5 with calc_heatmap false).
     """
-    with h5py.File(path, "r") as f:
-        if "attention_raw" not in f or "class_scores" not in f:
-            raise FeatureFileError(f"{path}: no 'attention_raw'/'class_scores' (not written by wsi-heatmaps); run with calc_heatmap: true for score maps")
-        return SlideScores(f["coords"][:].astype(np.int64), f["attention_raw"][:].reshape(-1),
-                           softmax(f["class_scores"][:]))
+    raw = read_raw_scores(path)
+    return SlideScores(raw.coords, raw.attention, softmax(raw.class_logits))
 
 
 def map_classes(cfg: HeatmapConfig, pred: int) -> list[int]:
@@ -103,7 +99,7 @@ def fit_scales(cfg: HeatmapConfig, slides: list[SlideScores], classes: list[int]
     return Scales(att, scores)
 
 
-def render_maps(cfg: HeatmapConfig, slide, contours, scores: SlideScores, *, slide_id: str, production_dir: Path,
+def render_maps(cfg: HeatmapConfig, slide, contours, scores: SlideScores, *, out: SlideOutputs,
                 patch_size_level0: tuple[int, int], classes: list[int], scales: Scales, fine_h5: Path,
                 roi: tuple[int, int, int, int] | None = None) -> list[Path]:
     """Draw the attention map and the class score maps of one slide with the given scales, save
@@ -115,13 +111,14 @@ def render_maps(cfg: HeatmapConfig, slide, contours, scores: SlideScores, *, sli
                   mask_threshold=h.mask_threshold)
     att01 = scales.attention.apply(scores.attention)
     written = []
-    path = production_dir / class_map_name(slide_id, None, "attention", ext)
+    slide_id = out.slide_id
+    path = out.class_map(None, "attention", ext)
     save_image(render_score_map(slide, att01, scores.coords, cmap=h.att_cmap, alpha=h.alpha,
                                 alpha_key="heatmap_arguments.alpha", **common), path, quality=100)
     written += _legend(path, h.att_cmap, scales.attention, "attention", "raw attention logit", slide_id)
     for c in classes:
         cls = names.get(c, str(c))
-        path = production_dir / class_map_name(slide_id, cls, "score", ext)
+        path = out.class_map(cls, "score", ext)
         values = scales.scores[c].apply(scores.class_probs[:, c])
         # Shaded (Marugoto): a patch's opacity is its normalised attention; else the heatmap alpha.
         save_image(render_score_map(slide, values, scores.coords, cmap=h.score_cmap,
@@ -134,19 +131,14 @@ def render_maps(cfg: HeatmapConfig, slide, contours, scores: SlideScores, *, sli
 
 
 def _legend(image: Path, cmap: str, scale: ScoreScale, label: str, units: str, slide_id: str) -> list[Path]:
-    bar = image.with_name(image.stem + "_colorbar.png")
-    js = image.with_name(image.stem + "_scale.json")
+    bar, js = colorbar_path(image), scale_json_path(image)
     save_colorbar(bar, cmap=cmap, scale=scale, label=label, units=units)
     save_scale_json(js, scale, slide_id=slide_id, image=image.name, cmap=cmap, label=label, units=units)
     return [image, bar, js]
 
 
 def _record_scales(path: Path, scales: Scales, names: dict[int, str]) -> None:
-    """Rewrite the fine-pass H5 (atomically) with the scales in its file attributes."""
-    with h5py.File(path, "r") as f:
-        data = {k: f[k][:] for k in f.keys()}
-        attrs = dict(f.attrs)
-    attrs.update({f"attention_{k}": v for k, v in scale_attrs(scales.attention).items()})
-    for c, sc in scales.scores.items():
-        attrs.update({f"score_{names.get(c, c)}_{k}": v for k, v in scale_attrs(sc).items()})
-    write_h5(path, data, attrs={"/": attrs})
+    """The scales into the fine-pass H5's file attributes (``attention_*``, ``score_{class}_*``)."""
+    prefixed = {"attention": scale_attrs(scales.attention)}
+    prefixed.update({f"score_{names.get(c, c)}": scale_attrs(sc) for c, sc in scales.scores.items()})
+    record_scale_attrs(path, prefixed)

@@ -51,7 +51,7 @@ def test_miss_put_hit_byte_identical(cache_and_key, bag, caplog):
     path = cache.put(key, bag[0], bag[1], {"slide_id": "s1", "encoder": "resnet50_trunc", "extra": None,
                                            "patch": {"size": 256}})
     assert path == cache.path(key) and path.is_file() and not list(path.parent.glob("*.tmp-*"))
-    with caplog.at_level(logging.INFO, logger="wsi_heatmaps"):
+    with caplog.at_level(logging.INFO, logger="heatmaps"):
         feats, coords = cache.get(key)
     assert feats.dtype == np.float32 and coords.dtype == np.int64
     assert feats.tobytes() == bag[0].tobytes() and coords.tobytes() == bag[1].tobytes()
@@ -112,7 +112,7 @@ def test_corrupt_entry_removed(cache_and_key, bag, caplog, damage, why):
     cache, key = cache_and_key
     path = cache.put(key, *bag)
     damage(path)
-    with caplog.at_level(logging.WARNING, logger="wsi_heatmaps"):
+    with caplog.at_level(logging.WARNING, logger="heatmaps"):
         assert cache.get(key) is None
     assert not path.exists()
     assert f"cache entry {path} is corrupt (" in caplog.text and why in caplog.text

@@ -92,16 +92,17 @@ def test_auto_feature_extractor_follows_the_checkpoint_width(slides_dir, tmp_pat
 
     import torch
 
-    from heatmaps.cli import build_parser
+    from heatmaps.cli import build_parser, highres_request
     from heatmaps.highres import build_config
     from models import create_mil_model
+    from models.checkpoints import load_mil_checkpoint
 
     ckpt = tmp_path / f"clam_{dim}.pt"
     torch.save(create_mil_model("clam_sb", n_classes=3, in_dim=dim).state_dict(), ckpt)
     args = build_parser().parse_args(["--checkpoint", str(ckpt), "--slide", str(slides_dir / "CMU-1-Small-Region.svs"),
                                       "--output", str(tmp_path / "o.tiff")])
     assert isinstance(args, argparse.Namespace)
-    cfg = build_config(args)
+    cfg = build_config(highres_request(args), load_mil_checkpoint(ckpt, model_type="clam_sb"))
     assert cfg.encoder_arguments.model_name == encoder
     assert cfg.exp_arguments.n_classes == 3 and cfg.model_arguments.embed_dim == dim
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from heatmaps.config import DataArguments
-from heatmaps.outputs import slide_outputs
+from heatmaps.layout import slide_outputs
 from heatmaps.process_list import load_preset, read_process_list, slide_task
 from heatmaps.config import parse_config
 from wsi_core.errors import ConfigError, RoiError, SlideOpenError

@@ -40,7 +40,7 @@ def test_per_slide_scales_differ_and_one_slide_run_warns(make_fast_config, tmp_p
     los = {json.loads(p.read_text())["lo"] for p in (tmp_path / "own/prod").rglob("*_attention_scale.json")}
     assert len(los) == 2                          # each slide its own scale
     cfg = make_fast_config(tmp_path / "one", TWO[:1], heatmap_arguments=MAPS)
-    with caplog.at_level(logging.WARNING, logger="wsi_heatmaps"):
+    with caplog.at_level(logging.WARNING, logger="heatmaps"):
         run_config(cfg, progress=False)
     assert any("slide" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 
