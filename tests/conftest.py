@@ -35,3 +35,11 @@ def mil_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def clam_reference_dir(shared_dir: Path) -> Path:
     return shared_dir / "clam_reference"
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pytest hook
+    """Every test that reads ../shared (through ``shared_dir`` or a fixture built on it) carries
+    the ``shared`` marker, so ``-m "not shared"`` never touches the real data."""
+    for item in items:
+        if "shared_dir" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("shared"):
+            item.add_marker(pytest.mark.shared)
