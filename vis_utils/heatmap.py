@@ -40,6 +40,8 @@ from PIL import Image
 
 from wsi_core.errors import ConfigError, FeatureFileError
 from wsi_core.levels import level_scale, resolve_level, roi_canvas, to_level_px
+from wsi_core.slide import Slide
+from wsi_core.tissue import TissueContours
 
 from .percentiles import rank_percentiles
 from .raster import (
@@ -99,7 +101,7 @@ def blur_ksize(patch_size_canvas: tuple[int, int], overlap: float) -> tuple[int,
     return int(k[0]), int(k[1])
 
 
-def read_canvas(slide, *, vis_level: int, top_left: tuple[int, int],
+def read_canvas(slide: Slide, *, vis_level: int, top_left: tuple[int, int],
                 region_size: tuple[int, int], block_size: int = CLAM_BLOCK) -> np.ndarray:
     """The slide region at ``vis_level`` assembled from CLAM ``block_blending``'s block reads.
 
@@ -258,7 +260,8 @@ class HeatmapPlan:
     threshold: float
 
 
-def plan_heatmap(slide, scores, coords, *, patch_size_level0: tuple[int, int], vis_level: int,
+def plan_heatmap(slide: Slide, scores: np.ndarray, coords: np.ndarray, *, patch_size_level0: tuple[int, int],
+                 vis_level: int,
                  style: HeatmapStyle, convert_to_percentiles: bool,
                  roi: tuple[int, int, int, int] | None = None) -> HeatmapPlan:
     """Resolve the level, ROI, canvas geometry, percentiles and threshold of a heatmap exactly as
@@ -285,8 +288,9 @@ def plan_heatmap(slide, scores, coords, *, patch_size_level0: tuple[int, int], v
                        patch_size=patch_size, threshold=threshold)
 
 
-def render_heatmap(slide, scores, coords, *, patch_size_level0: tuple[int, int], vis_level: int,
-                   contours, style: HeatmapStyle, convert_to_percentiles: bool,
+def render_heatmap(slide: Slide, scores: np.ndarray, coords: np.ndarray, *, patch_size_level0: tuple[int, int],
+                   vis_level: int,
+                   contours: TissueContours | None, style: HeatmapStyle, convert_to_percentiles: bool,
                    roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Draw an attention heatmap of a slide like CLAM ``drawHeatmap`` (see the module docstring).
 

@@ -35,6 +35,8 @@ import numpy as np
 
 from wsi_core.errors import ConfigError
 from wsi_core.levels import level_scale, resolve_level, roi_canvas, to_level_px
+from wsi_core.slide import Slide
+from wsi_core.tissue import TissueContours
 
 from .heatmap import HeatmapStyle, read_canvas, render_on_canvas
 from .normalize import background_mask, check_mask_threshold
@@ -98,8 +100,9 @@ def _render_shaded(canvas: np.ndarray, values: np.ndarray, shade: np.ndarray, co
     return canvas
 
 
-def render_score_map(slide, values01, coords, *, patch_size_level0: tuple[int, int], vis_level: int,
-                     contours, cmap: str, alpha: float, shade: np.ndarray | None = None,
+def render_score_map(slide: Slide, values01: np.ndarray, coords: np.ndarray, *,
+                     patch_size_level0: tuple[int, int], vis_level: int,
+                     contours: TissueContours | None, cmap: str, alpha: float, shade: np.ndarray | None = None,
                      roi: tuple[int, int, int, int] | None = None, mask_threshold: int | None = None,
                      use_holes: bool = True, alpha_key: str = "heatmap_arguments.score_alpha") -> np.ndarray:
     """Draw per-patch values (class evidence or attention, already scaled to [0, 1]) on a slide.

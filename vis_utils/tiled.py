@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 
 from wsi_core.errors import ConfigError
+from wsi_core.slide import Slide
+from wsi_core.tissue import TissueContours
 
 from .heatmap import CLAM_BLOCK, HeatmapPlan, HeatmapStyle, blur_ksize, plan_heatmap, read_canvas, \
     render_on_canvas
@@ -147,8 +149,8 @@ class _BaseReader:
         return chunk[a - a0:b - a0]
 
 
-def band_renderer(slide, plan: HeatmapPlan, contours, style: HeatmapStyle
-                   ) -> Callable[[int, int], np.ndarray]:
+def band_renderer(slide: Slide, plan: HeatmapPlan, contours: TissueContours | None,
+                  style: HeatmapStyle) -> Callable[[int, int], np.ndarray]:
     """``render_band(a, b) -> (b - a, w, 3)`` uint8 rows of the heatmap canvas."""
     w, h = plan.region_size
     ph = plan.patch_size[1]
@@ -199,8 +201,9 @@ def score_band_renderer(plan: HeatmapPlan, style: HeatmapStyle
     return render_band
 
 
-def render_heatmap_tiff(slide, scores, coords, *, patch_size_level0: tuple[int, int],
-                        vis_level: int, contours, style: HeatmapStyle,
+def render_heatmap_tiff(slide: Slide, scores: np.ndarray, coords: np.ndarray, *,
+                        patch_size_level0: tuple[int, int],
+                        vis_level: int, contours: TissueContours | None, style: HeatmapStyle,
                         convert_to_percentiles: bool, out_path: str | os.PathLike[str],
                         roi: tuple[int, int, int, int] | None = None,
                         raw_scores: str | os.PathLike[str] | None = None,

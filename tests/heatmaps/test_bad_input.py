@@ -15,7 +15,7 @@ import tifffile
 from heatmaps.cli import main as cli_main
 from heatmaps.run import run_config
 
-pytestmark = pytest.mark.shared
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
 GOOD = {"slide_id": "CMU-1-Small-Region", "label": "class_a"}
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from heatmaps.cli import main as cli_main
 
-pytestmark = pytest.mark.shared
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"slide_id": "CMU-1-Small-Region", "label": "class_a"}
 

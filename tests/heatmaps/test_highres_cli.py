@@ -12,7 +12,7 @@ import pytest
 
 from heatmaps.cli import main as cli_main
 
-pytestmark = pytest.mark.shared
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from heatmaps.run import run_config
 
-pytestmark = pytest.mark.shared
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
 TWO = [{"slide_id": "CMU-1-Small-Region", "label": "class_a"}, {"slide_id": "tcga-cr-7395-01a-01-ts1", "label": "class_b"}]
 MAPS = {"score_maps": True, "score_classes": "all", "normalize_across_slides": True}
 
