@@ -68,6 +68,8 @@ class EncoderArguments(_Section):
     weights_path: str | None = Field(None, description="(wsi-heatmaps) local encoder weights (.pth/.safetensors); else $<NAME>_CKPT_PATH, else the timm hub")
     precision: Literal["fp32", "bf16", "fp16"] | None = Field(None, description="(wsi-heatmaps) encoder precision; null = fp32 on CPU, bf16 on CUDA")
     fully_convolutional: bool = Field(False, description="(wsi-heatmaps) CNN encoders: run once over large regions and pool each patch window (fast, approximate)")
+    features_check: Literal["strict", "warn", "off"] = Field(
+        "strict", description="(wsi-heatmaps) before a fine pass mixes provided features with new ones, re-encode 16 provided patches and compare: strict skips the fine heatmap when the encoder does not reproduce them, warn only warns, off skips the check")
 
 
 class ModelArguments(_Section):

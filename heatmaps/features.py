@@ -44,11 +44,17 @@ def load_feature_bag(features_path: Path, coords_path: Path | None = None) -> Fe
 
 
 def find_features(slide_id: str, features_dir: str | None, features_path: Path | None,
-                  coords_path: Path | None) -> FeatureBag | None:
+                  coords_path: Path | None, *, encoder: str | None = None) -> FeatureBag | None:
     """The pre-extracted bag for a slide, if the process list or ``features_dir`` provides one:
     ``features_path`` (+ ``coords_path``), else ``{features_dir}/{slide_id}.pt`` with
     ``{slide_id}.h5`` coords, else ``{features_dir}/{slide_id}.h5`` (MIL-Lab's guide layout; also
-    ``pt_files/`` and ``h5_files/`` sub-folders as CLAM writes them)."""
+    ``pt_files/`` and ``h5_files/`` sub-folders as CLAM writes them), else TRIDENT's
+    ``{features_dir}/features_{encoder}/{slide_id}.h5`` (``encoder``: the config's encoder name;
+    any single ``features_*`` folder holding the slide when it is None or absent).
+
+    Raises:
+        FeatureFileError: several TRIDENT folders hold the slide and none is the encoder's.
+    """
     if features_path is not None:
         return load_feature_bag(features_path, coords_path)
     if not features_dir:
@@ -58,10 +64,15 @@ def find_features(slide_id: str, features_dir: str | None, features_path: Path |
                    (d / "pt_files" / f"{slide_id}.pt", d / "h5_files" / f"{slide_id}.h5")):
         if pt.is_file() and h5.is_file():
             return load_feature_bag(pt, h5)
-    for h5 in (d / f"{slide_id}.h5", d / "h5_files" / f"{slide_id}.h5"):
+    for h5 in (d / f"{slide_id}.h5", d / "h5_files" / f"{slide_id}.h5", d / f"features_{encoder}" / f"{slide_id}.h5"):
         if h5.is_file():
             return load_feature_bag(h5)
-    return None
+    trident = sorted(d.glob(f"features_*/{slide_id}.h5"))
+    if len(trident) > 1:
+        raise FeatureFileError(f"{d}: {len(trident)} TRIDENT folders hold {slide_id}.h5 "
+                               f"({', '.join(p.parent.name for p in trident)}); set encoder_arguments.model_name to "
+                               "the encoder whose features to use")
+    return load_feature_bag(trident[0]) if trident else None
 
 
 def save_feature_bag(bag: FeatureBag, h5_path: Path, pt_path: Path, *, attrs: dict) -> None:

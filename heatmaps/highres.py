@@ -142,7 +142,8 @@ def run_highres(req: HighresRequest, *, device: str | None = None, force: bool =
     from models import tune_cpu_allocator
     from models.checkpoints import load_mil_checkpoint
 
-    from .pipeline import RunContext, run_slide
+    from .context import RunContext
+    from .pipeline import run_slide
     from .run import default_device, write_effective_config
 
     device = device or default_device()

@@ -84,10 +84,15 @@ class SlideOutputs:
         return self.raw_dir / f"{self.slide_id}_blockmap.png"
 
     def heatmap(self, cfg: HeatmapConfig) -> Path:
+        """CLAM's heatmap name; style keys CLAM's name lacks join it when not at their default
+        (``_cmap_{cmap}``, ``_cd_{custom_downsample}``), so an image of another style is never
+        overwritten."""
         h = cfg.heatmap_arguments
+        extra = (f"_cmap_{h.cmap}" if h.cmap != "jet" else "") + \
+            (f"_cd_{int(h.custom_downsample)}" if int(h.custom_downsample) != 1 else "")
         name = (f"{self.slide_id}_{float(self.overlap)}_roi_{int(h.use_roi)}_blur_{int(h.blur)}"
                 f"_rs_{int(h.use_ref_scores)}_bc_{int(h.blank_canvas)}_a_{float(h.alpha)}_l_{int(h.vis_level)}"
-                f"_bi_{int(h.binarize)}_{float(h.binary_thresh)}.{h.save_ext}")
+                f"_bi_{int(h.binarize)}_{float(h.binary_thresh)}{extra}.{h.save_ext}")
         return self.production_dir / name
 
     def orig(self, vis_level: int, ext: str) -> Path:
@@ -176,6 +181,11 @@ def class_map_name(slide_id: str, cls_name: str | None, kind: str, ext: str = "j
 def colorbar_path(image: Path) -> Path:
     """``{image stem}_colorbar.png`` beside a score map."""
     return image.with_name(image.stem + "_colorbar.png")
+
+
+def style_json_path(image: Path) -> Path:
+    """``{image stem}_style.json`` beside a heatmap: the rendering style it was drawn with."""
+    return image.with_name(image.stem + "_style.json")
 
 
 def scale_json_path(image: Path) -> Path:

@@ -2,9 +2,8 @@
 
 :class:`ResultsBook` is fed one outcome per slide by the run loop (the parent process) and
 rewrites the results CSV (the process list + ``status``, ``bag_size``, ``Pred_c``, ``p_c``)
-atomically after each one, so an interrupted batch loses nothing already done. It also writes
-each slide's status back into the user's process list (CLAM's behaviour; a read-only list is
-warned about once and left alone).
+atomically after each one, so an interrupted batch loses nothing already done. The user's
+process list is input only: it is never written (CLAM writes the status back into it).
 """
 from __future__ import annotations
 
@@ -51,18 +50,14 @@ class ResultsBook:
 
     Args:
         table: the selected process-list rows (reset index; row ``i`` = the ``i``-th slide).
-        rows: row of each selected slide in the user's process list (for the status write-back).
-        results_csv: where the table goes. process_list: the user's list (None: none to update).
+        results_csv: where the table goes.
         class_names: class index -> name. n_classes: ``Pred_c`` / ``p_c`` columns written.
     """
 
-    def __init__(self, table: pd.DataFrame, rows: list[int], *, results_csv: Path, process_list: Path | None,
-                 class_names: dict[int, str], n_classes: int) -> None:
-        self.table, self.rows = table, rows
-        self.process_list = process_list
+    def __init__(self, table: pd.DataFrame, *, results_csv: Path, class_names: dict[int, str], n_classes: int) -> None:
+        self.table = table
         self.names, self.n_classes = class_names, n_classes
         self.summary = RunSummary(results_csv=results_csv)
-        self._warned = False
 
     def record(self, i: int, slide_id: str, outcome: SlideResult | Exception) -> None:
         """Book slide ``i``'s outcome and rewrite the results CSV (and the status) atomically."""
@@ -71,7 +66,7 @@ class ResultsBook:
             for c, (name, p) in enumerate(outcome.ranked(self.names)[:self.n_classes]):
                 self.table.loc[i, f"Pred_{c}"] = name
                 self.table.loc[i, f"p_{c}"] = p
-            status = "processed"
+            status = "processed" if not outcome.note else f"processed ({outcome.note})"
             self.summary.processed.append(outcome)
             top, p = outcome.ranked(self.names)[0]
             log.info("%s: bag %d, pred %s (p=%.4f), %.1f s%s", slide_id, outcome.bag_size, top, p, outcome.seconds,
@@ -83,21 +78,3 @@ class ResultsBook:
         status = status.replace("\n", " ")
         self.table.loc[i, "status"] = status
         write_csv(self.table, self.summary.results_csv)
-        self._write_status(self.rows[i], status)
-
-    def _write_status(self, row: int, status: str) -> None:
-        """Write a slide's status back into the user's process list (atomically). A read-only list
-        is warned about once per run and left alone: the results CSV carries the status too."""
-        if self.process_list is None:
-            return
-        try:
-            df = pd.read_csv(self.process_list, dtype={"slide_id": str, "label": object})
-            if "status" not in df.columns:
-                df["status"] = "tbp"
-            df["status"] = df["status"].astype(object)
-            df.loc[row, "status"] = status
-            write_csv(df, self.process_list)
-        except (OSError, WsiHeatmapsError) as exc:
-            if not self._warned:
-                log.warning("could not write status back to %s (%s); the results CSV holds it", self.process_list, exc)
-                self._warned = True

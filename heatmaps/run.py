@@ -1,11 +1,12 @@
 """The run loop: one config, every slide of its process list, one failure never stops the batch.
 
-Computing and bookkeeping are apart: an :class:`heatmaps.executors.Executor` runs
-:func:`heatmaps.pipeline.run_slide` over the slides and yields each outcome; the
-:class:`heatmaps.results.ResultsBook` (owned here, by the parent) records it - the results CSV
-(process list + ``status``, ``bag_size``, ``Pred_c``, ``p_c``) rewritten atomically after each
-slide, so an interrupted batch loses nothing already done. A rerun skips slides whose outputs
-are complete.
+Before the first slide the run fails fast on what concerns every slide (the checkpoint, the
+encoder and its weights, their widths, the class count). Computing and bookkeeping are apart: an
+:class:`heatmaps.executors.Executor` runs :func:`heatmaps.pipeline.run_slide` over the slides and
+yields each outcome; the :class:`heatmaps.results.ResultsBook` (owned here, by the parent) records
+it - the results CSV (process list + ``status``, ``bag_size``, ``Pred_c``, ``p_c``) rewritten
+atomically after each slide, so an interrupted batch loses nothing already done. The user's
+process list is only read. A rerun skips slides whose outputs are complete.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from wsi_core.io import atomic_path
 from .config import HeatmapConfig, config_to_dict
 from .executors import Executor, SequentialExecutor
 from .layout import autogen_process_list_path, effective_config_path, results_csv_path, slide_outputs
-from .pipeline import RunContext, SlideResult, draw_run_score_maps, run_slide
+from .context import RunContext
+from .pipeline import SlideResult, draw_run_score_maps, run_slide
 from .process_list import read_process_list, slide_task, write_csv
 from .results import ResultsBook, RunSummary
 
@@ -96,7 +98,6 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
     tune_cpu_allocator()
     df, pl_path = read_process_list(cfg.data_arguments)
     selected = df["process"].astype(float).astype(int) == 1
-    rows = list(df.index[selected])          # row of each slide in the user's process list
     todo = df[selected].reset_index(drop=True)
     if len(todo) == 0:
         raise ConfigError(f"{source}: no slide has process == 1 in the process list {pl_path or ''}")
@@ -106,13 +107,15 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
                                 model_kwargs=m.model_kwargs())
     names = {v: k for k, v in cfg.data_arguments.label_dict.items()}
     ctx = RunContext(cfg=cfg, model=model, class_names=names, device=device, force=force, progress=progress)
+    provided = bool(cfg.data_arguments.features_dir) or \
+        ("features_path" in todo.columns and todo["features_path"].notna().any())
+    ctx.prepare(encoder_required=not provided)
 
     cfg_path = write_effective_config(cfg)
     results_csv = results_csv_path(cfg, pl_path)
     if pl_path is None:   # built from data_dir: keep the generated list beside the raw outputs
-        pl_path = write_csv(df, autogen_process_list_path(cfg))
-    book = ResultsBook(todo, rows, results_csv=results_csv, process_list=pl_path, class_names=names,
-                       n_classes=cfg.exp_arguments.n_classes)
+        write_csv(df, autogen_process_list_path(cfg))
+    book = ResultsBook(todo, results_csv=results_csv, class_names=names, n_classes=cfg.exp_arguments.n_classes)
 
     def work(job: _Job) -> SlideResult:
         task = slide_task(todo.loc[job.index], cfg.data_arguments, use_roi=cfg.heatmap_arguments.use_roi)

@@ -203,3 +203,78 @@ def _candidates(
     ys = np.arange(sy, ey, steps[1], dtype=np.int64)
     gx, gy = np.meshgrid(xs, ys, indexing="ij")
     return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+# ---------------------------------------------------------------------- a provided bag as tissue
+
+
+def footprint_cover(points: np.ndarray, corners: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(n,)`` bool: whether each point ``(x, y)`` lies in (or on the border of) any of the
+    rectangles ``[x0, x0 + w] x [y0, y0 + h]`` with top-left ``corners`` ``(m, 2)``, level-0 px.
+
+    Vectorised through a hash of the rectangles on a ``(w, h)`` cell grid (each rectangle touches
+    at most four cells): O((n + m) log m), no loop over patches."""
+    pts = np.asarray(points, np.int64).reshape(-1, 2)
+    cor = np.asarray(corners, np.int64).reshape(-1, 2)
+    inside = np.zeros(len(pts), bool)
+    if len(pts) == 0 or len(cor) == 0:
+        return inside
+    w, h = (int(v) for v in size)
+    cx, cy = cor[:, 0] // w, cor[:, 1] // h
+    big = int(max(cy.max(), (pts[:, 1] // h).max()) + 3)
+    keys = np.concatenate([(cx + dx) * big + (cy + dy) for dx in (0, 1) for dy in (0, 1)])
+    owner = np.tile(np.arange(len(cor)), 4)
+    order = np.argsort(keys, kind="stable")
+    keys, owner = keys[order], owner[order]
+    pk = (pts[:, 0] // w) * big + (pts[:, 1] // h)
+    lo, hi = np.searchsorted(keys, pk, "left"), np.searchsorted(keys, pk, "right")
+    counts = hi - lo
+    if counts.sum() == 0:
+        return inside
+    which = np.repeat(np.arange(len(pts)), counts)
+    starts = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    rect = owner[np.arange(counts.sum()) + starts]
+    p, c = pts[which], cor[rect]
+    hit = (p[:, 0] >= c[:, 0]) & (p[:, 0] <= c[:, 0] + w) & (p[:, 1] >= c[:, 1]) & (p[:, 1] <= c[:, 1] + h)
+    inside[which[hit]] = True
+    return inside
+
+
+def bag_grid(bag_coords: np.ndarray, *, footprint: tuple[int, int], step: int, use_center_shift: bool = True,
+             roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Fine-pass patches over a provided bag's own footprint, for slides where the bag is the tissue.
+
+    The candidates lie on each bag patch's own lattice (``(x, y) + step * (i, j)``; patches of one
+    contour share it), so every bag patch is itself a candidate and, at overlap 0, the grid is the
+    bag. A candidate is kept when CLAM's four-point test passes against the union of the bag's
+    footprints (its centre shifted by ``±int(ref // 2 * centre_shift)``, all four points inside;
+    see :func:`patch_grid`) and, with an ``roi``, its top-left lies inside it.
+
+    Args:
+        bag_coords: ``(N, 2)`` int64 level-0 top-left ``(x, y)`` of the bag's patches.
+        footprint: ``(w, h)`` level-0 px of one patch. step: level-0 px between fine patches.
+        roi: ``(x1, y1, x2, y2)`` level-0 px or None.
+
+    Returns:
+        ``(M, 2)`` int64 level-0 ``(x, y)``, x-major; ``(0, 2)`` for an empty bag.
+    """
+    bag = np.asarray(bag_coords, np.int64).reshape(-1, 2)
+    if len(bag) == 0:
+        return np.zeros((0, 2), np.int64)
+    w, h = (int(v) for v in footprint)
+    step = int(step)
+    kx, ky = -(-w // step) - 1, -(-h // step) - 1
+    offs = np.stack(np.meshgrid(np.arange(-kx, kx + 1), np.arange(-ky, ky + 1), indexing="ij"), -1).reshape(-1, 2)
+    cand = np.unique((bag[:, None, :] + offs[None, :, :] * step).reshape(-1, 2), axis=0)
+    if roi is not None:
+        x1, y1, x2, y2 = (int(v) for v in roi)
+        cand = cand[(cand[:, 0] >= x1) & (cand[:, 0] < x2) & (cand[:, 1] >= y1) & (cand[:, 1] < y2)]
+    ref = w
+    shift = int(ref // 2 * center_shift_for(step, w)) if use_center_shift else 0
+    centre = cand + np.array([w // 2, h // 2])
+    probes = [(-shift, -shift), (shift, shift), (shift, -shift), (-shift, shift)] if shift > 0 else [(0, 0)]
+    keep = np.ones(len(cand), bool)
+    for dx, dy in probes:
+        keep &= footprint_cover(centre + np.array([dx, dy]), bag, (w, h))
+    cand = cand[keep]
+    return cand[np.lexsort((cand[:, 1], cand[:, 0]))]

@@ -23,7 +23,7 @@ STAGES = ("tissue", "blockmap", "heatmap")
 class SlideArtifacts:
     """A slide's computed numbers, filled in stage by stage.
 
-    ``contours``: tissue (level-0 px); ``seg_vis_level`` / ``orig_level``: resolved levels;
+    ``contours``: tissue (level-0 px), None when the provided bag is the tissue; ``seg_vis_level`` / ``orig_level``: resolved levels;
     ``block_scores`` (N,) float32 raw attention of the bag at ``block_coords`` (N, 2) int64
     level-0 px; ``pred`` / ``probs`` (C,) the bag's prediction; ``patch_size_level0`` one patch's
     level-0 footprint ``(w, h)``; ``fine_h5`` the fine-pass score file and ``fine_scores`` (M,) /
@@ -34,7 +34,7 @@ class SlideArtifacts:
     slide: Slide
     task: SlideTask
     out: SlideOutputs
-    contours: TissueContours
+    contours: TissueContours | None
     seg_vis_level: int
     orig_level: int
     block_scores: np.ndarray | None = None

@@ -2,6 +2,8 @@
 pyramidal TIFF streamed band by band), and the orig image; plus the rendering style of a config."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -10,12 +12,13 @@ import numpy as np
 from vis_utils import HeatmapStyle, render_heatmap, save_image
 from vis_utils.tiff import check_raster_size, write_pyramidal_tiff
 from vis_utils.tiled import render_heatmap_tiff
+from wsi_core.io import atomic_path
 from wsi_core.levels import region_size_at_level, resolve_level
 from wsi_core.slide import Slide
-from wsi_core.tissue import draw_segmentation
+from wsi_core.tissue import TissueContours, draw_segmentation
 
 from ..config import HeatmapConfig
-from ..layout import scores_tiff_path
+from ..layout import scores_tiff_path, style_json_path
 from .base import SlideArtifacts, Writer, register_writer
 
 TIFF_EXTS = ("tiff", "tif")
@@ -83,7 +86,8 @@ def _orig_image(slide: Slide, level: int, custom_downsample: int) -> np.ndarray:
 
 
 def _mask(a: SlideArtifacts) -> list[Path]:
-    img = draw_segmentation(a.slide, a.contours, vis_level=a.seg_vis_level, line_thickness=a.task.line_thickness)
+    contours = a.contours if a.contours is not None else TissueContours([], [])   # the bag is the tissue
+    img = draw_segmentation(a.slide, contours, vis_level=a.seg_vis_level, line_thickness=a.task.line_thickness)
     save_image(img, a.out.mask_jpg, quality=75)
     return [a.out.mask_jpg]
 
@@ -99,11 +103,18 @@ def _heatmap(a: SlideArtifacts) -> list[Path]:
     h = a.cfg.heatmap_arguments
     path = a.out.heatmap(a.cfg)
     raw = scores_tiff_path(path) if h.raw_scores and h.save_ext in TIFF_EXTS else None
+    st = style(a.cfg, final=True)
     write_heatmap(a.slide, a.fine_scores, a.fine_coords, path, patch_size_level0=a.patch_size_level0,
-                  vis_level=h.vis_level, contours=a.contours, style=style(a.cfg, final=True),
+                  vis_level=h.vis_level, contours=a.contours, style=st,
                   convert_to_percentiles=not h.use_ref_scores, roi=a.task.roi if h.use_roi else None,
                   raw_scores=raw)
-    return [path] + ([raw] if raw else [])
+    record = {"image": path.name, "fine_pass": a.fine_h5.name if a.fine_h5 else None, "vis_level": h.vis_level,
+              "scores": "percentile" if h.use_ref_scores else "raw, ranked into percentiles",
+              "roi": list(a.task.roi) if (h.use_roi and a.task.roi) else None, **dataclasses.asdict(st)}
+    js = style_json_path(path)
+    with atomic_path(js) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+    return [path, js] + ([raw] if raw else [])
 
 
 def _orig(a: SlideArtifacts) -> list[Path]:
@@ -116,4 +127,4 @@ def _orig(a: SlideArtifacts) -> list[Path]:
 register_writer(Writer("mask", "tissue", lambda cfg: True, _mask))
 register_writer(Writer("blockmap_preview", "blockmap", lambda cfg: True, _blockmap_preview))
 register_writer(Writer("heatmap", "heatmap", lambda cfg: True, _heatmap))
-register_writer(Writer("orig", "heatmap", lambda cfg: cfg.heatmap_arguments.save_orig, _orig))
+register_writer(Writer("orig", "blockmap", lambda cfg: cfg.heatmap_arguments.save_orig, _orig))

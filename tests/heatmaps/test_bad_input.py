@@ -38,7 +38,7 @@ def _blank_slide(path: Path) -> Path:
 
 
 def _status(out: Path) -> dict[str, str]:
-    df = pd.read_csv(out / "process_list.csv")
+    df = pd.read_csv(out / "results" / "process_list.csv")
     return dict(zip(df["slide_id"], df["status"]))
 
 
@@ -55,8 +55,10 @@ def test_one_batch_of_bad_slides(make_fast_config, tmp_path):
         GOOD,
     ])
     _blank_slide(tmp_path / "slides" / "blank.tiff")
+    before = (tmp_path / "process_list.csv").read_bytes()
     summary = run_config(cfg, progress=False)
-    status = list(pd.read_csv(tmp_path / "process_list.csv")["status"])
+    assert (tmp_path / "process_list.csv").read_bytes() == before      # the user's list is input only
+    status = list(pd.read_csv(tmp_path / "results" / "process_list.csv")["status"])
     expected = [
         r"failed: slide missing-slide: file not found: .*missing-slide.svs; check data_arguments.data_dir",
         r"failed: .*kidney-48-5.tif.*(unsupported|not a supported)",
@@ -86,7 +88,7 @@ def test_roi_outside_slide_and_empty(make_fast_config, tmp_path):
         {**GOOD, "x1": 400, "y1": 700, "x2": 1900, "y2": 2300},
     ], heatmap_arguments={"use_roi": True, "vis_level": 0})
     run_config(cfg, progress=False)
-    status = list(pd.read_csv(tmp_path / "process_list.csv")["status"])
+    status = list(pd.read_csv(tmp_path / "results" / "process_list.csv")["status"])
     assert "outside" in status[0] and "x1,y1,x2,y2" in status[0] and "CMU-1-Small-Region" in status[0]
     assert "empty" in status[1] or "x2" in status[1]
     assert status[2] == "processed"
