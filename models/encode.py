@@ -14,7 +14,6 @@ patches come from and how its batches go through the model:
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import TYPE_CHECKING, Any, ContextManager, Iterator
 
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PatchSource", "ImageSource", "encode", "encode_image_patches", "resolve_device",
            "reading_workers", "progress_bar"]
-
-log = logging.getLogger(__name__)
 
 
 class PatchSource:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -46,7 +46,8 @@ class PatchDataset(Dataset):
     """
 
     def __init__(self, slide_path: str | os.PathLike[str], coords: np.ndarray, *, patch_level: int,
-                 patch_size: int, transform, target_patch_size: int | None = None) -> None:
+                 patch_size: int, transform: Callable[[Image.Image], Tensor],
+                 target_patch_size: int | None = None) -> None:
         self.slide_path = Path(slide_path)
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self.patch_level, self.patch_size = int(patch_level), int(patch_size)

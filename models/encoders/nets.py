@@ -71,7 +71,8 @@ class ConvStem(nn.Module):
 
     def __init__(self, img_size: int = 224, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
                  norm_layer: Callable | None = None, output_fmt: str | None = None,
-                 strict_img_size: bool = True, device=None, dtype=None, **_: Any) -> None:
+                 strict_img_size: bool = True, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, **_: Any) -> None:
         super().__init__()
         if patch_size != 4 or embed_dim % 8:
             raise ValueError("ConvStem needs patch_size 4 and embed_dim divisible by 8")
