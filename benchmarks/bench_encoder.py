@@ -26,8 +26,8 @@ bs, n, out = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.manual_seed(0)
 enc = create_encoder("resnet50_trunc", weights_path=sys.argv[6]) if sys.argv[6] != "-" else None
 if enc is None:
-    import models.encoders as E
-    m = E.ResNet50Trunc().eval()
+    from models.encoders.nets import ResNet50Trunc
+    m = ResNet50Trunc().eval()
 else:
     m = enc.model.eval()
 x = torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(0))

@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from models.encoder_zoo import VIT_ARCHS, ClsMeanTokens, build_ctranspath, build_vit  # noqa: E402
-from models.encoders import ENCODER_INFO, ResNet50Trunc, autocast_context  # noqa: E402
+from models.encoders import autocast_context, encoder_info  # noqa: E402
+from models.encoders.nets import ClsMeanTokens, ResNet50Trunc  # noqa: E402
+from models.encoders.vit import VIT_ARCHS, build_ctranspath, build_vit  # noqa: E402
 
 
 def random_model(name: str) -> torch.nn.Module:
@@ -44,8 +45,8 @@ def random_model(name: str) -> torch.nn.Module:
 
 def run(name: str, *, batch: int, batches: int) -> list[dict]:
     model = random_model(name)
-    fmt = torch.channels_last if ENCODER_INFO[name].is_cnn else torch.contiguous_format
-    size = ENCODER_INFO[name].input_size
+    fmt = torch.channels_last if encoder_info(name).is_cnn else torch.contiguous_format
+    size = encoder_info(name).input_size
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     x = x.contiguous(memory_format=fmt)
     rows, ref = [], None

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.encoders import list_encoders  # torch-free: the registry's names, no model is built
 from wsi_core.errors import ConfigError
 
 __all__ = [
@@ -21,6 +22,20 @@ __all__ = [
     "ModelArguments", "HeatmapArguments", "SampleSpec", "SampleArguments",
     "load_config", "parse_config", "apply_overrides", "config_to_dict",
 ]
+
+
+def _registry_enum(names: Callable[[], list[str]]) -> Callable[[dict], None]:
+    """``json_schema_extra`` adding ``enum``: the registry's names, read when the schema is made
+    (the MIL registry imports torch, so it is not read at import)."""
+    def extra(schema: dict) -> None:
+        schema["enum"] = list(names())
+    return extra
+
+
+def _mil_model_names() -> list[str]:
+    from models.mil import list_mil_models
+
+    return list_mil_models()
 
 
 class _Section(BaseModel):
@@ -63,7 +78,8 @@ class PatchingArguments(_Section):
 
 
 class EncoderArguments(_Section):
-    model_name: str = Field("resnet50_trunc", description="patch encoder: resnet50_trunc, uni_v1, uni_v2, conch_v1, ctranspath, virchow2, or auto (from the checkpoint's input width)")
+    model_name: str = Field("resnet50_trunc", description=f"patch encoder: {', '.join(list_encoders())}, or auto (from the checkpoint's input width)",
+                            json_schema_extra=_registry_enum(lambda: [*list_encoders(), "auto"]))
     target_img_size: int | None = Field(None, description="patches are resized to this size before the encoder; null = the encoder's published input size (224 for resnet50_trunc, as CLAM)")
     weights_path: str | None = Field(None, description="(wsi-heatmaps) local encoder weights (.pth/.safetensors); else $<NAME>_CKPT_PATH, else the timm hub")
     precision: Literal["fp32", "bf16", "fp16"] | None = Field(None, description="(wsi-heatmaps) encoder precision; null = fp32 on CPU, bf16 on CUDA")
@@ -74,7 +90,8 @@ class EncoderArguments(_Section):
 
 class ModelArguments(_Section):
     ckpt_path: str = Field(..., description="MIL checkpoint (CLAM state dict)")
-    model_type: str = Field("clam_sb", description="clam_sb | clam_mb | abmil | transmil | dsmil")
+    model_type: str = Field("clam_sb", description="MIL architecture: a name of models.list_mil_models() (the schema's enum)",
+                            json_schema_extra=_registry_enum(_mil_model_names))
     initiate_fn: Literal["initiate_model"] = Field("initiate_model", description="CLAM's model factory; only initiate_model exists")
     model_size: Literal["small", "big"] | None = Field("small", description="CLAM size: small [D,512,256] or big [D,512,384]")
     drop_out: float = Field(0.0, ge=0.0, le=1.0, description="dropout of the model (inactive at inference; true = 0.25 as CLAM)")

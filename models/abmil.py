@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from .mil import MILModel, register_mil_model
 
-__all__ = ["ABMIL", "infer_abmil_config"]
+__all__ = ["ABMIL", "infer_abmil_config", "patch_embed_mlp", "linear_indices"]
 
 
-def _mlp(in_dim: int, width: int, n_layers: int, dropout: float) -> nn.Sequential:
+def patch_embed_mlp(in_dim: int, width: int, n_layers: int, dropout: float) -> nn.Sequential:
     """MIL-Lab ``patch_embed``: [Linear, ReLU, Dropout] * (n - 1) + [Linear, ReLU]."""
     layers: list[nn.Module] = []
     for _ in range(n_layers - 1):
@@ -76,7 +76,7 @@ class ABMIL(MILModel):
             raise ValueError("num_fc_layers and num_heads must be >= 1")
         self.n_classes, self.in_dim, self.n_branches = int(n_classes), int(in_dim), int(num_heads)
         self.gate = bool(gate)
-        self.patch_embed = _mlp(in_dim, embed_dim, num_fc_layers, dropout)
+        self.patch_embed = patch_embed_mlp(in_dim, embed_dim, num_fc_layers, dropout)
         self.global_attn = (_Gated if gate else _Plain)(embed_dim, attn_dim, num_heads, dropout)
         flat = embed_dim * num_heads
         if head_dim is None:
@@ -104,7 +104,9 @@ class ABMIL(MILModel):
         return self.classifier(hp.repeat(1, self.n_branches))
 
 
-def _linear_indices(sd: Mapping[str, Tensor], prefix: str) -> list[int]:
+def linear_indices(sd: Mapping[str, Tensor], prefix: str) -> list[int]:
+    """Sorted integer indices ``i`` of the keys ``{prefix}{i}.weight`` (the Linear layers of a
+    Sequential in a state dict)."""
     pat = re.compile(re.escape(prefix) + r"(\d+)\.weight$")
     return sorted(int(m.group(1)) for k in sd if (m := pat.match(k)))
 
@@ -112,7 +114,7 @@ def _linear_indices(sd: Mapping[str, Tensor], prefix: str) -> list[int]:
 def infer_abmil_config(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
     """Builder kwargs of an ABMIL (MIL-Lab layout) state dict read from tensor shapes, or None
     (also for MIL-Lab's CLAM-SB, whose ``instance_classifiers`` make it a ``clam_sb``)."""
-    embed_idx = _linear_indices(sd, "patch_embed.")
+    embed_idx = linear_indices(sd, "patch_embed.")
     if any(k.startswith("instance_classifiers.") for k in sd):
         return None
     if not embed_idx or embed_idx != list(range(0, 3 * len(embed_idx), 3)):

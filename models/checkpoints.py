@@ -34,19 +34,11 @@ from torch import Tensor
 
 from wsi_core.errors import CheckpointError
 
-from .mil import MIL_MODELS, MILModel, get_mil_spec, registered_names
+from .encoders import dim_label
+from .mil import MIL_MODELS, MILModel, get_mil_spec, list_mil_models
 
 __all__ = ["load_mil_checkpoint", "check_feature_dim", "read_state_dict", "normalise_state_dict",
-           "closest_model_type", "FEATURE_DIM_ENCODERS"]
-
-#: Feature width -> the encoders that typically produce it (for mismatch messages).
-FEATURE_DIM_ENCODERS: dict[int, str] = {
-    1024: "resnet50_trunc or UNI",
-    1536: "UNI2-h",
-    768: "CTransPath",
-    512: "CONCH",
-    2560: "Virchow2",
-}
+           "closest_model_type"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 _LEGACY_PREFIX = ("attention_net.module.", "attention_net.")
@@ -122,7 +114,7 @@ def closest_model_type(sd: Mapping[str, Tensor]) -> tuple[str, int, int, list[st
     """
     found = set(sd)
     best: tuple[float, str, int, int, list[str]] | None = None
-    for name in registered_names():
+    for name in list_mil_models():
         for keys in _expected_keys(name):
             hit = len(found & keys)
             score = hit / len(found | keys)
@@ -134,7 +126,7 @@ def closest_model_type(sd: Mapping[str, Tensor]) -> tuple[str, int, int, list[st
 def _layout_error(path: Path, model_type: str, sd: Mapping[str, Tensor]) -> CheckpointError:
     """A wrong-model_type error when another registered layout matches, else unknown layout
     with the closest model_type (key-name overlap) and the keys found."""
-    others = [n for n in registered_names() if n != model_type and MIL_MODELS[n].infer(sd) is not None]
+    others = [n for n in list_mil_models() if n != model_type and MIL_MODELS[n].infer(sd) is not None]
     if others:
         return CheckpointError(
             f"checkpoint {path.name} has a {others[0]} layout but model_arguments.model_type is "
@@ -225,6 +217,9 @@ def check_feature_dim(model: MILModel, dim: int, *, encoder_name: str,
                       ckpt_path: str | os.PathLike[str]) -> None:
     """Raise unless the features (``dim`` wide, from ``encoder_name``) fit the model's input.
 
+    The hint in parentheses names the registered encoders of the model's width
+    (:func:`models.encoders.dim_label`).
+
     Raises:
         CheckpointError: e.g. "checkpoint s_0.pt expects 1536-d features (UNI2-h); encoder
             resnet50_trunc gives 1024-d features; set encoder_arguments.model_name to a
@@ -233,7 +228,7 @@ def check_feature_dim(model: MILModel, dim: int, *, encoder_name: str,
     want = int(model.in_dim)
     if int(dim) == want:
         return
-    typical = FEATURE_DIM_ENCODERS.get(want)
+    typical = dim_label(want)  # the published names of the registered encoders of that width
     hint = f" ({typical})" if typical else ""
     raise CheckpointError(
         f"checkpoint {Path(ckpt_path).name} expects {want}-d features{hint}; encoder "

@@ -31,14 +31,13 @@ MIL-Lab layout with one attention head - ``patch_embed``, ``global_attn`` (gated
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .abmil import ABMIL, infer_abmil_config
+from .abmil import ABMIL, infer_abmil_config, linear_indices
 from .mil import MILModel, register_mil_model
 
 __all__ = ["CLAM_SIZES", "ClamSB", "ClamMB", "ClamSBMilLab", "GatedAttention", "PlainAttention",
@@ -183,12 +182,6 @@ class ClamSBMilLab(ABMIL):
 
 # --------------------------------------------------------------------------- layout inference
 
-def _indexed(sd: Mapping[str, Tensor], prefix: str) -> list[int]:
-    """Sorted integer indices i of keys ``{prefix}{i}.weight``."""
-    pat = re.compile(re.escape(prefix) + r"(\d+)\.weight$")
-    return sorted(int(m.group(1)) for k in sd if (m := pat.match(k)))
-
-
 def _size_name(L: int, H: int) -> str | None:
     return next((n for n, lh in CLAM_SIZES.items() if lh == (L, H)), None)
 
@@ -209,7 +202,7 @@ def infer_clam_config(sd: Mapping[str, Tensor], *, multi_branch: bool) -> dict[s
         k_w, attn_drop = sd.get("attention_net.3.attention_c.weight"), None
     elif "attention_net.3.module.0.weight" in sd:
         gate, H = False, int(sd["attention_net.3.module.0.weight"].shape[0])
-        last = [i for i in _indexed(sd, "attention_net.3.module.") if i > 0]
+        last = [i for i in linear_indices(sd, "attention_net.3.module.") if i > 0]
         if not last:
             return None
         k_w, attn_drop = sd[f"attention_net.3.module.{last[-1]}.weight"], last[-1] == 3
@@ -220,7 +213,7 @@ def infer_clam_config(sd: Mapping[str, Tensor], *, multi_branch: bool) -> dict[s
         return None
     K = int(k_w.shape[0])
     if multi_branch:
-        idx = _indexed(sd, "classifiers.")
+        idx = linear_indices(sd, "classifiers.")
         if not idx or "classifiers.weight" in sd:
             return None
         n_classes = len(idx)
@@ -240,7 +233,7 @@ def infer_mil_lab_clam_sb(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
     cfg = infer_abmil_config({k: v for k, v in sd.items() if not k.startswith("instance_classifiers.")})
     if cfg is None or cfg["num_heads"] != 1 or cfg["head_dim"] is not None:
         return None
-    if _indexed(sd, "instance_classifiers.") != list(range(cfg["n_classes"])):
+    if linear_indices(sd, "instance_classifiers.") != list(range(cfg["n_classes"])):
         return None
     return {k: cfg[k] for k in ("n_classes", "in_dim", "embed_dim", "attn_dim", "gate", "num_fc_layers")} \
         | {"layout": "mil_lab"}

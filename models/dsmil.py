@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .abmil import _linear_indices, _mlp
+from .abmil import linear_indices, patch_embed_mlp
 from .mil import MILModel, register_mil_model
 
 __all__ = ["DSMIL", "infer_dsmil_config", "COMBINE_MODES", "LAYOUTS"]
@@ -168,7 +168,7 @@ class DSMIL(MILModel):
                 in_dim, n_classes, q_dim=q_dim, nonlinear=nonlinear, passing_v=passing_v,
                 v_relu=nonlinear if v_relu is None else v_relu, dropout_v=dropout_v)
         else:
-            self.patch_embed = _mlp(in_dim, embed_dim, num_fc_layers, dropout)
+            self.patch_embed = patch_embed_mlp(in_dim, embed_dim, num_fc_layers, dropout)
             self.i_classifier = _InstanceClassifier(embed_dim, n_classes)
             self.b_classifier = _MilLabBagStream(embed_dim, q_dim=q_dim, dropout_v=dropout_v)
             self.classifier = nn.Conv1d(n_classes, n_classes, kernel_size=embed_dim)
@@ -232,7 +232,7 @@ def _infer_original(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
 def _infer_mil_lab(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
     w_i, head, w_q = (sd.get(k) for k in ("i_classifier.inst_classifier.weight", "classifier.weight",
                                          "b_classifier.q.weight"))
-    fcs = _linear_indices(sd, "patch_embed.")
+    fcs = linear_indices(sd, "patch_embed.")
     if w_i is None or head is None or w_q is None or not fcs or w_i.dim() != 2 or head.dim() != 3:
         return None
     C, E = (int(s) for s in w_i.shape)

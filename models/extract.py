@@ -1,22 +1,24 @@
-"""Batched patch-feature extraction from a slide, and reuse of features between patch grids.
+"""Patch features of a slide through the one encode loop (:func:`models.encode.encode`), and
+reuse of features between patch grids.
 
 :func:`extract_features` reads every patch ``read_region((x, y), patch_level, (s, s))``
-(level-0 top-left ``(x, y)``, ``s`` px at ``patch_level``), converts it to a PIL RGB image, applies
-the encoder's transform and runs the encoder in batches under ``torch.inference_mode``. The slide
-is opened lazily once per DataLoader worker. Output rows follow the order of ``coords``.
+(level-0 top-left ``(x, y)``, ``s`` px at ``patch_level``), converts it to a PIL RGB image and
+applies the encoder's transform (:class:`PatchDataset`, one read per patch). The slide is opened
+lazily once per DataLoader worker. Output rows follow the order of ``coords``.
+
+:func:`extract_features_dense` is the high-overlap variant: DataLoader workers read the slide
+band by band (:class:`BandDataset` over ``wsi_core.regions``: each pixel decoded about once per
+pass instead of ``1 / (1 - overlap)**2`` times), cut the windows with numpy and apply the same
+per-patch PIL transform, so its features equal :func:`extract_features` (see its docstring).
 
 :func:`reuse_map` finds the patches of a new grid that an earlier grid already encoded (CLAM
 extracts them twice: once for the blockmap, once for the overlap pass), with a vectorised join.
-
-:func:`extract_features_dense` is the high-overlap variant: DataLoader workers read the slide
-band by band (``wsi_core.regions``: each pixel decoded about once per pass instead of
-``1 / (1 - overlap)**2`` times), cut the windows with numpy and apply the same per-patch PIL
-transform, so its features equal :func:`extract_features` (see its docstring).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -24,14 +26,14 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from wsi_core.errors import ConfigError
 from wsi_core.regions import Band, iter_band_windows, level_downsample, plan_bands
 from wsi_core.slide import Slide, open_slide
 
-from .encoders import PRECISIONS, Encoder, autocast_context
+from .encode import PatchSource, encode
+from .encoders import Encoder
 
-__all__ = ["PatchDataset", "BandDataset", "extract_features", "extract_features_dense",
-           "reuse_map", "resolve_device", "reading_workers", "autocast_context", "PRECISIONS"]
+__all__ = ["PatchDataset", "BandDataset", "SlidePatchSource", "SlideBandSource", "extract_features",
+           "extract_features_dense", "plan_bands_for_workers", "reuse_map"]
 
 
 class PatchDataset(Dataset):
@@ -44,7 +46,8 @@ class PatchDataset(Dataset):
     """
 
     def __init__(self, slide_path: str | os.PathLike[str], coords: np.ndarray, *, patch_level: int,
-                 patch_size: int, transform, target_patch_size: int | None = None) -> None:
+                 patch_size: int, transform: Callable[[Image.Image], Tensor],
+                 target_patch_size: int | None = None) -> None:
         self.slide_path = Path(slide_path)
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self.patch_level, self.patch_size = int(patch_level), int(patch_size)
@@ -56,20 +59,26 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.coords)
 
-    def _get_slide(self) -> Slide:
+    def slide(self) -> Slide:
+        """This process's handle of the slide, opened on first use.
+
+        Raises:
+            SlideOpenError: the slide cannot be opened (from wsi_core).
+        """
         if self._slide is None or self._pid != os.getpid():
             self._slide, self._pid = open_slide(self.slide_path), os.getpid()
         return self._slide
 
     def __getitem__(self, idx: int) -> Tensor:
         x, y = (int(v) for v in self.coords[idx])
-        rgb = self._get_slide().read_region((x, y), self.patch_level, (self.patch_size,) * 2)
+        rgb = self.slide().read_region((x, y), self.patch_level, (self.patch_size,) * 2)
         img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
         if self.target_patch_size and self.target_patch_size != self.patch_size:
             img = img.resize((self.target_patch_size,) * 2)
         return self.transform(img)
 
     def close(self) -> None:
+        """Close this process's slide handle (a worker's copy closes its own)."""
         if self._slide is not None and self._pid == os.getpid():
             self._slide.close()
         self._slide = None
@@ -80,27 +89,29 @@ class PatchDataset(Dataset):
         return state
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``torch.device`` for ``device``; ConfigError when CUDA is asked for but absent."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but CUDA is not available; use device cpu")
-    return dev
+class SlidePatchSource(PatchSource):
+    """:class:`PatchDataset` batched by a DataLoader (``num_workers`` processes): rows in order."""
 
+    def __init__(self, dataset: PatchDataset, *, batch_size: int) -> None:
+        self.dataset, self.batch_size = dataset, int(batch_size)
+        self.n, self.desc = len(dataset), dataset.slide_path.name
 
-def reading_workers(num_workers: int | None, device: torch.device) -> int:
-    """DataLoader worker processes for reading patches: ``num_workers`` when given, else automatic.
+    def prepare(self, *, num_workers: int) -> None:
+        if num_workers == 0:
+            self.dataset.slide()
+        else:  # open once here so a bad slide raises a one-line SlideOpenError, not a worker traceback
+            open_slide(self.dataset.slide_path).close()
 
-    Automatic (``None``): 0 on CPU, so patches are read in this process between encoder
-    batches; ``min(4, os.cpu_count())`` on CUDA. On CPU the encoder's intra-op threads already
-    occupy every core: worker processes then cost more than they hide (IPC of the batches and
-    preempted encoder threads). Measured on 2 cores with resnet50_trunc at 224 px
-    (``benchmarks/bench_dense.py``, overlap 0 / 0.5 / 0.9): in-process reading reaches 79 / 91 /
-    99 % of the encoder's throughput alone, 2 worker processes 60 / 69 / 69 %.
-    """
-    if num_workers is not None:
-        return max(0, int(num_workers))
-    return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
+    def batches(self, *, num_workers: int, pin_memory: bool) -> Iterator[tuple[np.ndarray, Tensor]]:
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False,
+                            num_workers=num_workers, pin_memory=pin_memory)
+        start = 0
+        for batch in loader:
+            yield np.arange(start, start + len(batch), dtype=np.int64), batch
+            start += len(batch)
+
+    def close(self) -> None:
+        self.dataset.close()
 
 
 def extract_features(
@@ -116,53 +127,27 @@ def extract_features(
     progress: bool = True,
     target_patch_size: int | None = None,
     channels_last: bool = False,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Encode the patches at ``coords`` -> (N, encoder.dim) float32, rows in ``coords`` order.
 
     ``coords``: (N, 2) level-0 px top-left (x, y); ``patch_size``: px at ``patch_level``;
     ``num_workers``: DataLoader processes (0 = read in this process, None = automatic, see
-    :func:`reading_workers`); ``device``: 'cpu' or
-    'cuda[:i]' (the encoder is moved there); ``channels_last``: run the encoder in
-    channels-last memory format (about 1.5x faster on CPU; features differ by ~1e-7).
-    ``target_patch_size``: resize each patch to this side before the transform (CLAM's
-    custom_downsample). N = 0 returns a (0, D) array without opening the slide.
+    :func:`models.encode.reading_workers`); ``device``: 'cpu' or 'cuda[:i]' (the encoder is
+    moved there); ``channels_last``: run the encoder in channels-last memory format (about 1.5x
+    faster on CPU; features differ by ~1e-7); ``precision``: None/'fp32', 'bf16' or 'fp16'
+    (autocast). ``target_patch_size``: resize each patch to this side before the transform
+    (CLAM's custom_downsample). N = 0 returns a (0, D) array without opening the slide.
 
     Raises:
         SlideOpenError: the slide cannot be opened (from wsi_core).
-        ConfigError: CUDA requested but not available.
+        ConfigError: CUDA requested but not available; unknown ``precision``.
     """
-    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    out = np.empty((len(coords), encoder.dim), dtype=np.float32)
-    if len(coords) == 0:
-        return out
-    dev = resolve_device(device)
-    num_workers = reading_workers(num_workers, dev)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = encoder.model.eval().to(dev, memory_format=fmt)
     ds = PatchDataset(slide_path, coords, patch_level=patch_level, patch_size=patch_size,
                       transform=encoder.transform, target_patch_size=target_patch_size)
-    if num_workers == 0:
-        ds._get_slide()
-    else:  # open once here so a bad slide raises a one-line SlideOpenError, not a worker traceback
-        open_slide(slide_path).close()
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=dev.type == "cuda")
-    bar = _progress(len(coords), progress, Path(slide_path).name)
-    start = 0
-    try:
-        with torch.inference_mode():
-            for batch in loader:
-                batch = batch.to(dev, non_blocking=True).contiguous(memory_format=fmt)
-                feats = model(batch).float().cpu().numpy()
-                out[start:start + len(feats)] = feats
-                start += len(feats)
-                if bar is not None:
-                    bar.update(len(feats))
-    finally:
-        ds.close()
-        if bar is not None:
-            bar.close()
-    return out
+    return encode(SlidePatchSource(ds, batch_size=batch_size), encoder, device=device,
+                  precision=precision, channels_last=channels_last, num_workers=num_workers,
+                  progress=progress)
 
 
 class BandDataset(IterableDataset):
@@ -176,7 +161,7 @@ class BandDataset(IterableDataset):
     """
 
     def __init__(self, slide_path: str | os.PathLike[str], bands: list[Band], *,
-                 patch_level: int, patch_size: int, transform, batch_size: int,
+                 patch_level: int, patch_size: int, transform: Any, batch_size: int,
                  target_patch_size: int | None = None) -> None:
         self.slide_path = Path(slide_path)
         self.bands = bands
@@ -190,7 +175,7 @@ class BandDataset(IterableDataset):
             img = img.resize((self.target_patch_size,) * 2)
         return self.transform(img)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[np.ndarray, Tensor]]:
         info = get_worker_info()
         mine = self.bands if info is None else self.bands[info.id::info.num_workers]
         pend_idx: list[np.ndarray] = []
@@ -209,17 +194,49 @@ class BandDataset(IterableDataset):
             yield np.concatenate(pend_idx), torch.stack(pend)
 
 
-def _plan_for_workers(coords: np.ndarray, *, downsample: float, patch_size: int,
-                      band_rows: int | None, max_region_px: int, exact: bool,
-                      num_workers: int) -> list[Band]:
-    """Bands for ``coords``; the region size is halved (down to 2 patches) until every worker
-    gets about two bands, so a small ROI still keeps all workers busy."""
+def plan_bands_for_workers(coords: np.ndarray, *, downsample: float, patch_size: int,
+                           band_rows: int | None, max_region_px: int, exact: bool,
+                           num_workers: int) -> list[Band]:
+    """Bands (``wsi_core.regions.plan_bands``) for ``coords`` (N, 2) int64 level-0 px; the
+    region size (px at the patch level) is halved, down to 2 patches, until every worker gets
+    about two bands, so a small ROI still keeps all workers busy."""
     while True:
         bands = plan_bands(coords, downsample=downsample, patch_size=patch_size,
                            band_rows=band_rows, max_region_px=max_region_px, exact=exact)
         if len(bands) >= 2 * max(num_workers, 1) or max_region_px <= 2 * patch_size:
             return bands
         max_region_px = max(max_region_px // 2, 2 * patch_size)
+
+
+class SlideBandSource(PatchSource):
+    """The windows at ``coords`` read band by band (:class:`BandDataset`) by DataLoader workers."""
+
+    def __init__(self, slide_path: str | os.PathLike[str], coords: np.ndarray, *, patch_level: int,
+                 patch_size: int, transform: Any, batch_size: int, target_patch_size: int | None,
+                 band_rows: int | None, max_region_px: int, exact: bool) -> None:
+        self.slide_path = Path(slide_path)
+        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        self.n, self.desc = len(self.coords), self.slide_path.name
+        self.patch_level, self.patch_size = int(patch_level), int(patch_size)
+        self.transform, self.batch_size, self.target_patch_size = transform, batch_size, target_patch_size
+        self.band_rows, self.max_region_px, self.exact = band_rows, max_region_px, exact
+        self.bands: list[Band] = []
+
+    def prepare(self, *, num_workers: int) -> None:
+        with open_slide(self.slide_path) as slide:  # a bad slide raises one line here, not in a worker
+            downsample = level_downsample(slide, self.patch_level)
+        self.bands = plan_bands_for_workers(self.coords, downsample=downsample, patch_size=self.patch_size,
+                                            band_rows=self.band_rows, max_region_px=self.max_region_px,
+                                            exact=self.exact, num_workers=num_workers)
+
+    def batches(self, *, num_workers: int, pin_memory: bool) -> Iterator[tuple[np.ndarray, Tensor]]:
+        ds = BandDataset(self.slide_path, self.bands, patch_level=self.patch_level,
+                         patch_size=self.patch_size, transform=self.transform,
+                         batch_size=self.batch_size, target_patch_size=self.target_patch_size)
+        loader = DataLoader(ds, batch_size=None, num_workers=min(int(num_workers), len(self.bands)),
+                            pin_memory=pin_memory)
+        for idx, batch in loader:
+            yield np.asarray(idx, dtype=np.int64), batch
 
 
 def extract_features_dense(
@@ -255,54 +272,19 @@ def extract_features_dense(
     reads (sub-pixel shift, see ``wsi_core.regions``).
 
     ``batch_size_extract``: patches per encoder batch; ``num_workers``: reading/transform
-    processes (0 = in this process, None = automatic, see :func:`reading_workers`);
+    processes (0 = in this process, None = automatic, see :func:`models.encode.reading_workers`);
     ``precision``: None/'fp32', 'bf16' or 'fp16' (autocast).
 
     Raises:
         SlideOpenError: the slide cannot be opened (from wsi_core).
         ConfigError: CUDA requested but not available; unknown ``precision``.
     """
-    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    out = np.empty((len(coords), encoder.dim), dtype=np.float32)
-    if len(coords) == 0:
-        return out
-    dev = resolve_device(device)
-    num_workers = reading_workers(num_workers, dev)
-    amp = autocast_context(dev, precision)
-    with open_slide(slide_path) as slide:  # a bad slide raises one line here, not in a worker
-        downsample = level_downsample(slide, patch_level)
-    bands = _plan_for_workers(coords, downsample=downsample, patch_size=patch_size,
-                              band_rows=band_rows, max_region_px=max_region_px, exact=exact,
-                              num_workers=num_workers)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = encoder.model.eval().to(dev, memory_format=fmt)
-    ds = BandDataset(slide_path, bands, patch_level=patch_level, patch_size=patch_size,
-                     transform=encoder.transform, batch_size=batch_size_extract,
-                     target_patch_size=target_patch_size)
-    workers = min(int(num_workers), len(bands))
-    loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda")
-    bar = _progress(len(coords), progress, Path(slide_path).name)
-    try:
-        with torch.inference_mode(), amp:
-            for idx, batch in loader:
-                batch = batch.to(dev, non_blocking=True).contiguous(memory_format=fmt)
-                out[np.asarray(idx, dtype=np.int64)] = model(batch).float().cpu().numpy()
-                if bar is not None:
-                    bar.update(len(idx))
-    finally:
-        if bar is not None:
-            bar.close()
-    return out
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency, but stay optional
-        return None
-    return tqdm(total=total, desc=f"features {desc}", unit="patch", leave=False)
+    source = SlideBandSource(slide_path, coords, patch_level=patch_level, patch_size=patch_size,
+                             transform=encoder.transform, batch_size=batch_size_extract,
+                             target_patch_size=target_patch_size, band_rows=band_rows,
+                             max_region_px=max_region_px, exact=exact)
+    return encode(source, encoder, device=device, precision=precision, channels_last=channels_last,
+                  num_workers=num_workers, progress=progress)
 
 
 def _row_view(coords: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -37,20 +38,21 @@ from wsi_core.errors import ConfigError
 from wsi_core.regions import Band, level_downsample, plan_bands
 from wsi_core.slide import Slide, open_slide
 
-from .encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder
-from .extract import _progress, autocast_context, resolve_device
+from .encode import PatchSource, encode
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, encoder_info, fully_conv_encoders, list_encoders
 
-__all__ = ["FULLY_CONV_ENCODERS", "FEATURE_STRIDE", "supports_fully_conv", "feature_map",
-           "box_means", "extract_features_fully_conv"]
+__all__ = ["FEATURE_STRIDE", "supports_fully_conv", "feature_map", "box_means", "RegionSource",
+           "extract_features_fully_conv"]
 
-FULLY_CONV_ENCODERS = ("resnet50_trunc",)
 FEATURE_STRIDE = 16  # resized px per layer3 cell
 _TRUNK = ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3")
 
 
 def supports_fully_conv(encoder: Encoder) -> bool:
-    """Whether ``encoder`` has a fully-convolutional form here (a ResNet trunk to layer3)."""
-    return encoder.name in FULLY_CONV_ENCODERS and all(hasattr(encoder.model, n) for n in _TRUNK)
+    """Whether ``encoder`` has a fully-convolutional form here: its registry entry says so
+    (``EncoderInfo.fully_conv``) and its model is a ResNet trunk to layer3."""
+    eligible = encoder.name in list_encoders() and encoder_info(encoder.name).fully_conv
+    return eligible and all(hasattr(encoder.model, n) for n in _TRUNK)
 
 
 def feature_map(model: nn.Module, x: Tensor) -> Tensor:
@@ -119,21 +121,67 @@ def _region_tensor(region: np.ndarray, scale: float, mean: tuple, std: tuple
     return ((arr - m) / sd)[None], img.width / w, img.height / h
 
 
-def _band_features(slide: Slide, band: Band, model: nn.Module, *, patch_level: int,
-                   patch_size: int, margin: int, downsample: float, scale: float,
-                   norm: tuple[tuple, tuple], dev: torch.device, amp) -> Tensor:
-    """(k, C) features of one band's windows from one trunk pass over the band + margin."""
-    m0 = int(round(margin * downsample))
-    loc = (band.location[0] - m0, band.location[1] - m0)
-    size = (band.size[0] + 2 * margin, band.size[1] + 2 * margin)
-    region = slide.read_region(loc, patch_level, size)
-    x, sx, sy = _region_tensor(region, scale, *norm)
-    with amp:
-        fmap = feature_map(model, x.to(dev))[0]
-    off = torch.from_numpy(band.offsets + margin).double()
-    boxes = torch.stack([off[:, 0] * sx, off[:, 1] * sy, (off[:, 0] + patch_size) * sx,
-                         (off[:, 1] + patch_size) * sy], dim=1) / FEATURE_STRIDE
-    return box_means(fmap, boxes)
+class RegionSource(PatchSource):
+    """One region per band of the grid (``wsi_core.regions.plan_bands``, ``exact=False``), read
+    with ``margin`` px of context; its forward runs the trunk once over the region and pools every
+    window of the band from the feature map (:func:`box_means`)."""
+
+    def __init__(self, slide_path: str | os.PathLike[str], coords: np.ndarray, *, encoder: Encoder,
+                 patch_level: int, patch_size: int, tile_size: int, margin: int) -> None:
+        self.slide_path = Path(slide_path)
+        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        self.n, self.desc = len(self.coords), self.slide_path.name
+        self.encoder = encoder
+        self.patch_level, self.patch_size = int(patch_level), int(patch_size)
+        self.tile_size, self.margin = int(tile_size), max(int(margin), 0)
+        self.scale, self.norm = 1.0, (IMAGENET_MEAN, IMAGENET_STD)
+        self.slide: Slide | None = None
+        self.downsample = 1.0
+        self.bands: list[Band] = []
+
+    def prepare(self, *, num_workers: int) -> None:
+        """Read the scale and normalisation off the encoder's transform, open the slide, plan
+        the regions.
+
+        Raises:
+            ConfigError: a non-square Resize in the transform. SlideOpenError: a bad slide.
+        """
+        size, mean, std = _transform_params(self.encoder)
+        self.scale = (size / self.patch_size) if size and size > 0 else 1.0
+        self.norm = (mean, std)
+        self.slide = open_slide(self.slide_path)
+        self.downsample = level_downsample(self.slide, self.patch_level)
+        self.bands = plan_bands(self.coords, downsample=self.downsample, patch_size=self.patch_size,
+                                exact=False,
+                                max_region_px=max(self.tile_size - 2 * self.margin, self.patch_size))
+
+    def batches(self, *, num_workers: int, pin_memory: bool) -> Iterator[tuple[np.ndarray, tuple[Tensor, Tensor]]]:
+        """Yield ``(band rows, (region (1, 3, H', W') float32, window boxes (k, 4) float64 in cells))``."""
+        assert self.slide is not None, "prepare() first"
+        m = self.margin
+        m0 = int(round(m * self.downsample))
+        for band in self.bands:
+            loc = (band.location[0] - m0, band.location[1] - m0)
+            size = (band.size[0] + 2 * m, band.size[1] + 2 * m)
+            x, sx, sy = _region_tensor(self.slide.read_region(loc, self.patch_level, size), self.scale, *self.norm)
+            off = torch.from_numpy(band.offsets + m).double()
+            boxes = torch.stack([off[:, 0] * sx, off[:, 1] * sy, (off[:, 0] + self.patch_size) * sx,
+                                 (off[:, 1] + self.patch_size) * sy], dim=1) / FEATURE_STRIDE
+            yield band.indices, (x, boxes)
+
+    def forward(self, model: nn.Module, inputs: tuple[Tensor, Tensor], *, device: torch.device,
+                memory_format: torch.memory_format, amp: ContextManager) -> Tensor:
+        """(k, C) features of one band's windows: one trunk pass (under ``amp``), then the
+        windows' area-weighted means of the map (float64, outside autocast)."""
+        x, boxes = inputs
+        with amp:
+            fmap = feature_map(model, x.to(device).contiguous(memory_format=memory_format))[0]
+        return box_means(fmap, boxes)
+
+    def close(self) -> None:
+        if self.slide is not None:
+            self.slide.close()
+        self.slide = None
 
 
 def extract_features_fully_conv(
@@ -165,34 +213,14 @@ def extract_features_fully_conv(
         they differ from the exact per-patch features). N = 0 does not open the slide.
 
     Raises:
-        ConfigError: the encoder has no fully-convolutional form; bad precision/device.
+        ConfigError: the encoder has no fully-convolutional form (names the registered ones
+            that have); bad precision/device.
         SlideOpenError: the slide cannot be opened.
     """
     if not supports_fully_conv(encoder):
         raise ConfigError(f"encoder '{encoder.name}' has no fully-convolutional form (supported: "
-                          f"{', '.join(FULLY_CONV_ENCODERS)}); set fully_convolutional: false")
-    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    out = np.empty((len(coords), encoder.dim), dtype=np.float32)
-    if len(coords) == 0:
-        return out
-    dev = resolve_device(device)
-    amp = autocast_context(dev, precision)
-    size, mean, std = _transform_params(encoder)
-    scale = (size / patch_size) if size and size > 0 else 1.0
-    margin = max(int(margin), 0)
-    model = encoder.model.eval().to(dev)
-    bar = _progress(len(coords), progress, Path(slide_path).name)
-    with open_slide(slide_path) as slide, torch.inference_mode():
-        d = level_downsample(slide, patch_level)
-        bands = plan_bands(coords, downsample=d, patch_size=patch_size, exact=False,
-                           max_region_px=max(int(tile_size) - 2 * margin, int(patch_size)))
-        for band in bands:
-            feats = _band_features(slide, band, model, patch_level=patch_level,
-                                   patch_size=patch_size, margin=margin, downsample=d,
-                                   scale=scale, norm=(mean, std), dev=dev, amp=amp)
-            out[band.indices] = feats.cpu().numpy()
-            if bar is not None:
-                bar.update(len(band.indices))
-    if bar is not None:
-        bar.close()
-    return out
+                          f"{', '.join(fully_conv_encoders())}); set fully_convolutional: false")
+    source = RegionSource(slide_path, coords, encoder=encoder, patch_level=patch_level,
+                          patch_size=patch_size, tile_size=tile_size, margin=margin)
+    return encode(source, encoder, device=device, precision=precision, num_workers=0,
+                  progress=progress)

@@ -18,7 +18,7 @@ Every multiple-instance-learning (MIL) model in this package is a :class:`MILMod
 * ``heatmap_row(attention, cls)`` picks the (N,) row a heatmap shows for class ``cls``.
 
 Architectures register themselves with :func:`register_mil_model` (timm style); build one with
-:func:`create_mil_model`. The built-in ones (``abmil``, ``clam_sb``, ``clam_mb``, ``dsmil``,
+:func:`create_mil_model`; :func:`list_mil_models` names them. The built-in ones (``abmil``, ``clam_sb``, ``clam_mb``, ``dsmil``,
 ``transmil``) are imported on first use of the registry, whatever :mod:`models` imports.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ __all__ = [
     "predict_bag",
     "attention_for_class",
     "instance_scores_for",
-    "registered_names",
+    "list_mil_models",
 ]
 
 
@@ -166,8 +166,9 @@ def register_mil_model(
     return deco
 
 
-def registered_names() -> list[str]:
-    """Sorted names of every registered architecture (built-ins included)."""
+def list_mil_models() -> list[str]:
+    """Sorted names of every registered architecture, built-ins included
+    (``['abmil', 'clam_mb', 'clam_sb', 'dsmil', 'transmil']``)."""
     _ensure_builtins()
     return sorted(MIL_MODELS)
 

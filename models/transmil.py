@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .abmil import _mlp
+from .abmil import patch_embed_mlp
 from .mil import MILModel, register_mil_model
 
 __all__ = ["NystromAttention", "TransLayer", "PPEG", "TransMIL", "moore_penrose_pinv",
@@ -207,7 +207,7 @@ class TransMIL(MILModel):
             self.layer2 = TransLayer(embed_dim, **block)
             self._fc2 = nn.Linear(embed_dim, n_classes)
         else:
-            self.patch_embed = _mlp(in_dim, embed_dim, num_fc_layers, dropout)
+            self.patch_embed = patch_embed_mlp(in_dim, embed_dim, num_fc_layers, dropout)
             self.blocks = nn.ModuleList(TransLayer(embed_dim, attn_name="attention", **block)
                                         for _ in range(num_layers))
             self.classifier = nn.Linear(embed_dim, n_classes)

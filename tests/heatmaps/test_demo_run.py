@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from heatmaps.cli import main as cli_main
-from heatmaps.demo import DEMO_SLIDE_SEED, rank_auc, render_demo_slide
+from heatmaps.demo import DEMO_SLIDE_SEED
+from wsi_core.synthetic import rank_auc, render_demo_slide
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def test_demo_heatmap_shows_the_planted_lesion_hot(tmp_path, monkeypatch):
     value = lambda c: np.argmin(((c[:, None, :] - lut[None]) ** 2).sum(-1), axis=1) / 255  # noqa: E731
     v_in, v_out = value(inside), value(outside)
     pixel_auc = rank_auc(np.r_[v_in, v_out], np.r_[np.ones(len(v_in), bool), np.zeros(len(v_out), bool)])
-    # measured: median 0.92 inside, 0.46 outside, pixel AUC 0.997 (patch-sized bleed at the rim)
+    # measured: median 0.92 inside, 0.45-0.46 outside, pixel AUC 0.997 (patch-sized bleed at the rim)
     assert np.median(v_in) > 0.8 and pixel_auc >= 0.95, (np.median(v_in), np.median(v_out), pixel_auc)
     assert (prod / "demo_slide_orig_1.jpg").is_file()
     top = list((tmp_path / "heatmaps/demo/heatmap_production_results/DEMO/sampled_patches").rglob("topk_high_attention/*.png"))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.encoders import Encoder, create_encoder, eval_transform
-from models.extract import autocast_context, extract_features, extract_features_dense
+from models.encoders import Encoder, autocast_context, create_encoder, eval_transform
+from models.extract import extract_features, extract_features_dense
 from wsi_core.errors import ConfigError, SlideOpenError
 
 

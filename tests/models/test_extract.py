@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from models.encoders import Encoder, eval_transform
-from models.extract import extract_features, reading_workers, resolve_device, reuse_map
+from models.encode import reading_workers, resolve_device
+from models.extract import extract_features, reuse_map
 from wsi_core.errors import ConfigError, SlideOpenError
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from models.checkpoints import load_mil_checkpoint
 from models.mil import (MILModel, attention_for_class, create_mil_model, instance_scores_for,
-                        predict_bag, registered_names)
+                        predict_bag, list_mil_models)
 from wsi_core.errors import FeatureFileError
 
 #: name -> (builder kwargs kept small for speed, attention rows K for C classes)
@@ -37,7 +37,7 @@ def _bag(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_every_architecture_is_registered() -> None:
-    assert set(ARCHS) <= set(registered_names())
+    assert set(ARCHS) <= set(list_mil_models())
 
 
 @pytest.mark.parametrize("name", ARCHS)

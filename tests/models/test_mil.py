@@ -7,7 +7,7 @@ import torch
 
 import models
 from models.mil import (MIL_MODELS, attention_for_class, create_mil_model, instance_scores_for, predict_bag,
-                        registered_names)
+                        list_mil_models)
 from wsi_core.errors import CheckpointError, FeatureFileError
 
 ARCHS = [
@@ -28,8 +28,8 @@ def test_registry_has_builtins() -> None:
     assert {"clam_sb", "clam_mb", "abmil"} <= set(MIL_MODELS)
     assert models.MIL_MODELS is MIL_MODELS
     # the bag-level architectures register on first registry use, whatever models/ imports
-    assert registered_names() == ["abmil", "clam_mb", "clam_sb", "dsmil", "transmil"]
-    assert set(MIL_MODELS) == set(registered_names())
+    assert list_mil_models() == ["abmil", "clam_mb", "clam_sb", "dsmil", "transmil"]
+    assert set(MIL_MODELS) == set(list_mil_models())
 
 
 @pytest.mark.parametrize("name,kw", ARCHS)

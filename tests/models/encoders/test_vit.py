@@ -1,4 +1,4 @@
-"""Encoder zoo: architectures, transforms, weight sources, errors, precision (no downloads).
+"""models.encoders.vit (the foundation-model entries): architectures, transforms, weight sources, errors, precision (no downloads).
 
 The big ViTs (UNI 303 M, UNI2-h 681 M, Virchow2 631 M parameters) are built at full depth on the
 meta device only (parameter counts and token layout checked against the published figures);
@@ -7,7 +7,6 @@ configuration. CTransPath (27.5 M) is built and run at full size.
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from models.encoder_zoo import (CONCH_INSTALL, VIT_ARCHS, build_ctranspath, build_vit, conch_transform,
-                                convert_transpath_state_dict)
-from models.encoders import (ENCODER_INFO, ENCODERS, Encoder, autocast_context, create_encoder,
-                             default_precision, encoder_for_dim, normalise_precision)
+from models.encoders import Encoder, build_transform, create_encoder, encoder_info
+from models.encoders.vit import (CONCH_INSTALL, VIT_ARCHS, build_ctranspath, build_vit,
+                                 convert_transpath_state_dict)
 from wsi_core.errors import CheckpointError, ConfigError
 
 VITS = ("uni_v1", "uni_v2", "virchow2")
@@ -65,20 +63,6 @@ def _batch(enc: Encoder, n: int = 2) -> torch.Tensor:
     return torch.stack([enc.transform(im) for im in _patches(n)])
 
 
-def test_registry_entries() -> None:
-    assert list(ENCODERS) == ["resnet50_trunc", "uni_v1", "uni_v2", "conch_v1", "ctranspath", "virchow2"]
-    got = {n: (i.dim, i.input_size, i.hub_id, i.is_cnn, i.env_vars) for n, i in ENCODER_INFO.items()}
-    assert got == {
-        "resnet50_trunc": (1024, 224, "timm/resnet50.tv_in1k", True, ("RESNET50_TRUNC_CKPT_PATH",)),
-        "uni_v1": (1024, 224, "hf-hub:MahmoodLab/UNI", False, ("UNI_V1_CKPT_PATH", "UNI_CKPT_PATH")),
-        "uni_v2": (1536, 224, "hf-hub:MahmoodLab/UNI2-h", False, ("UNI_V2_CKPT_PATH", "UNI2_CKPT_PATH")),
-        "conch_v1": (512, 448, "hf_hub:MahmoodLab/conch", False, ("CONCH_V1_CKPT_PATH", "CONCH_CKPT_PATH")),
-        "ctranspath": (768, 224, "MahmoodLab/hest-bench/fm_v1/ctranspath/CHIEF_CTransPath.pth", False,
-                       ("CTRANSPATH_CKPT_PATH",)),
-        "virchow2": (2560, 224, "hf-hub:paige-ai/Virchow2", False, ("VIRCHOW2_CKPT_PATH",)),
-    }
-
-
 @pytest.mark.parametrize("name, params_m, width, depth, prefix, patch", [
     ("uni_v1", 303.35, 1024, 24, 1, 16),     # UNI card: ViT-L/16, 303 M
     ("uni_v2", 681.39, 1536, 24, 9, 14),     # UNI2-h card: ViT-H/14 variant, 681 M, 8 registers
@@ -96,7 +80,7 @@ def test_full_vits_on_meta(name: str, params_m: float, width: int, depth: int, p
 @pytest.mark.parametrize("name", VITS)
 def test_vit_entries_from_local_file(name: str, vit_files: dict[str, Path], shallow: None) -> None:
     enc = create_encoder(name, weights_path=vit_files[name])
-    info = ENCODER_INFO[name]
+    info = encoder_info(name)
     assert (enc.name, enc.dim, enc.hub_id, enc.input_size, enc.is_cnn, enc.precision) == \
         (name, info.dim, info.hub_id, 224, False, "fp32")
     assert enc.weights_source == str(vit_files[name]) and not enc.model.training
@@ -303,7 +287,8 @@ def test_conch_build_path_with_the_package_api(monkeypatch: pytest.MonkeyPatch, 
 ])
 def test_vit_transforms(name: str, size: int, mean, std, interp: str, vit_files: dict[str, Path],
                         shallow: None) -> None:
-    t = conch_transform() if name == "conch_v1" else create_encoder(name, weights_path=vit_files[name]).transform
+    t = build_transform(encoder_info(name).transform, 448) if name == "conch_v1" else \
+        create_encoder(name, weights_path=vit_files[name]).transform
     white = Image.fromarray(np.full((256, 300, 3), 255, np.uint8))  # non-square: centre-cropped
     x = t(white)
     assert x.shape == (3, size, size) and x.dtype == torch.float32
@@ -312,41 +297,9 @@ def test_vit_transforms(name: str, size: int, mean, std, interp: str, vit_files:
 
 
 def test_ctranspath_transform_is_transpaths() -> None:
-    from models.encoder_zoo import ctranspath_transform
-
-    t = ctranspath_transform()
+    t = build_transform(encoder_info("ctranspath").transform, 224)
     assert [type(s).__name__ for s in t.transforms] == ["Resize", "ToTensor", "Normalize"]
     assert t(_patches(1)[0]).shape == (3, 224, 224)
-
-
-def test_encoder_for_dim() -> None:
-    assert [encoder_for_dim(d) for d in (1536, 1024, 768, 512, 2560)] == \
-        ["uni_v2", "resnet50_trunc", "ctranspath", "conch_v1", "virchow2"]
-    assert encoder_for_dim(1024, prefer="uni_v1") == "uni_v1"
-    assert encoder_for_dim(1536, prefer="uni_v1") == "uni_v2"  # prefer only breaks ties
-    with pytest.raises(CheckpointError) as info:
-        encoder_for_dim(384)
-    assert str(info.value) == (
-        "checkpoint expects 384-d features; no registered encoder gives that (1024: resnet50_trunc/uni_v1, "
-        "1536: uni_v2, 512: conch_v1, 768: ctranspath, 2560: virchow2); give pre-extracted features of "
-        "that width (features_path) or use a checkpoint trained on one of these encoders")
-
-
-def test_precision_names_and_contexts() -> None:
-    assert [normalise_precision(p) for p in ("fp32", "BF16", "bfloat16", "float16", "half")] == \
-        ["fp32", "bf16", "bf16", "fp16", "fp16"]
-    for bad in ("int8", "fp64", ""):
-        with pytest.raises(ConfigError) as info:
-            normalise_precision(bad)
-        assert str(info.value) == f"encoder_arguments.precision '{bad}' is not supported; use one of fp32, bf16, fp16"
-    with pytest.raises(ConfigError, match="encoder_arguments.precision 'int8'"):
-        create_encoder("resnet50_trunc", precision="int8")  # checked before anything is built
-    assert (default_precision("cpu"), default_precision("cuda"), default_precision(torch.device("cuda:1"))) == \
-        ("fp32", "bf16", "bf16")
-    assert isinstance(autocast_context("cpu", "fp32"), contextlib.nullcontext)
-    assert isinstance(autocast_context(torch.device("cpu"), None), contextlib.nullcontext)
-    ctx = autocast_context("cpu", "fp16")
-    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.float16 and ctx.device == "cpu"
 
 
 def test_resnet50_trunc_bf16_autocast(tmp_path: Path) -> None:

@@ -1,4 +1,12 @@
-"""Local encoder weight files: where they are, reading them, loading them strictly, hub errors.
+"""Encoder weights: where a local file is, reading it, loading it strictly, hub errors.
+
+Weight source of an entry (:class:`~models.encoders.EncoderInfo`), first found wins:
+
+1. the ``weights_path`` argument (config ``encoder_arguments.weights_path``);
+2. the entry's environment variables (``{NAME}_CKPT_PATH``, then the names CLAM users already
+   set: ``UNI_CKPT_PATH``, ``UNI2_CKPT_PATH``, ``CONCH_CKPT_PATH``);
+3. its hub id (needs network access or a Hugging Face cache); when that fails a
+   :class:`CheckpointError` names the hub id, ``encoder_arguments.weights_path`` and the variables.
 
 A local file is ``.safetensors`` or a torch ``.pth/.pt/.bin`` state dict (read with
 ``weights_only=True``), optionally under a ``state_dict`` / ``model`` / ``model_state_dict`` key;
@@ -9,14 +17,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Sequence
 
 from wsi_core.errors import CheckpointError
 
-__all__ = ["resolve_weights_path", "read_weights", "strip_prefixes", "load_strict", "hub_error"]
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from .registry import EncoderInfo
+
+__all__ = ["resolve_weights_path", "read_weights", "strip_prefixes", "load_strict", "hub_error",
+           "local_weights", "entry_hub_error"]
 
 _FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 
@@ -52,6 +63,8 @@ def read_weights(path: Path, *, env: str) -> dict[str, Tensor]:
             f"encoder weights not found: {path}; set encoder_arguments.weights_path or "
             f"${env} to an existing file"
         )
+    import torch
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -119,3 +132,24 @@ def hub_error(exc: BaseException, *, what: str, env_vars: Sequence[str], label: 
         f"cannot fetch encoder weights {what} from the Hugging Face hub ({type(exc).__name__}); "
         f"set encoder_arguments.weights_path or {env} to a local {label} .safetensors/.bin/.pth file"
     )
+
+
+def local_weights(info: EncoderInfo, weights_path: str | os.PathLike[str] | None
+                  ) -> tuple[dict[str, Tensor], str] | None:
+    """(state dict without wrapper prefixes, source path) of entry ``info`` from the argument or
+    its environment variables, or None (go to the hub).
+
+    Raises:
+        CheckpointError: the named file is missing or unreadable (see :func:`read_weights`).
+    """
+    found = resolve_weights_path(weights_path, info.env_vars)
+    if found is None:
+        return None
+    path, how = found
+    env = how[1:] if how.startswith("$") else info.env_vars[0]
+    return strip_prefixes(read_weights(path, env=env)), str(path)
+
+
+def entry_hub_error(info: EncoderInfo, exc: BaseException, *, what: str | None = None) -> CheckpointError:
+    """:func:`hub_error` for entry ``info``: names its hub id (or ``what``), its variables, its label."""
+    return hub_error(exc, what=what or info.hub_id, env_vars=info.env_vars, label=info.label or info.name)

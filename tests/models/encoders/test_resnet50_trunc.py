@@ -1,4 +1,4 @@
-"""resnet50_trunc: weights sources, state-dict variants, errors, and parity with CLAM's features."""
+"""models.encoders.resnet50_trunc: weights sources, state-dict variants, errors, and parity with CLAM's features."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from models import create_encoder, extract_features
-from models.encoders import RESNET50_TRUNC_ENV, eval_transform
+from models.encoders import eval_transform
+from models.encoders.resnet50_trunc import RESNET50_TRUNC_ENV
 from wsi_core.errors import CheckpointError
 
 
