@@ -18,6 +18,7 @@ from models import Encoder, MILModel, create_encoder, default_precision, encoder
 from models.checkpoints import check_feature_dim
 from models.extract import extract_features_dense
 from models.fully_conv import extract_features_fully_conv
+from models.encode import batch_for_memory, patch_memory_bytes
 from models.hub import offline_unless_reachable
 from wsi_core.errors import CheckpointError, ConfigError, WsiHeatmapsError
 from wsi_core.slide import Slide
@@ -28,6 +29,7 @@ from .config import HeatmapConfig
 __all__ = ["RunContext", "encode"]
 
 log = logging.getLogger(__name__)
+RESERVED_GB = 1.0   # of max_memory_gb, for Python, torch, the models and slide buffers (reference run: 0.87 GiB + 40 MB per patch in a batch)
 
 
 @dataclass
@@ -40,6 +42,7 @@ class _Shared:
     weights_id: str | None = None
     model_sha256: str | None = None
     n_encoded: int = 0          # patches that went through the encoder in this run
+    batch_note: bool = False
 
 
 @dataclass
@@ -147,6 +150,21 @@ class RunContext:
         enc = self.encoder()
         return f"{enc.name} (weights {enc.weights_source}, {enc.input_size} px, {self.precision})"
 
+    def encoder_batch_size(self) -> int:
+        """Patches per encoder batch: ``batch_size``, cut on CPU to fit ``max_memory_gb`` (one
+        info line says so the first time)."""
+        e = self.cfg.exp_arguments
+        if self.device != "cpu":
+            return e.batch_size
+        budget = int((e.max_memory_gb - RESERVED_GB) * 2**30)
+        bs = batch_for_memory(self.encoder(), e.batch_size, max(budget, 0), patch_px=self.cfg.patching_arguments.patch_size)
+        if bs < e.batch_size and not self.shared.batch_note:
+            need = patch_memory_bytes(self.encoder(), self.cfg.patching_arguments.patch_size) * e.batch_size / 2**30
+            log.info("encoder batches of %d patches to stay within exp_arguments.max_memory_gb %.1f "
+                     "(batch_size %d would take about %.1f GiB more)", bs, e.max_memory_gb, e.batch_size, need)
+            self.shared.batch_note = True
+        return bs
+
     # ------------------------------------------------------------------------- cache
 
     @property
@@ -191,7 +209,7 @@ def encode(ctx: RunContext, slide: Slide, coords: np.ndarray, *, use_cache: bool
     if ctx.cfg.encoder_arguments.fully_convolutional:
         feats = extract_features_fully_conv(slide.path, coords, **kw)
     else:   # each band of the grid is read once and the (overlapping) windows cut from memory
-        feats = extract_features_dense(slide.path, coords, batch_size_extract=ctx.cfg.exp_arguments.batch_size,
+        feats = extract_features_dense(slide.path, coords, batch_size_extract=ctx.encoder_batch_size(),
                                        target_patch_size=p.patch_size if p.custom_downsample > 1 else None,
                                        num_workers=ctx.cfg.exp_arguments.num_workers, **kw)
     ctx.shared.n_encoded += len(coords)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from tqdm.auto import tqdm
 
 __all__ = ["PatchSource", "ImageSource", "encode", "encode_image_patches", "resolve_device",
-           "reading_workers", "progress_bar"]
+           "reading_workers", "progress_bar", "patch_memory_bytes", "batch_for_memory"]
 
 
 class PatchSource:
@@ -89,6 +89,26 @@ def reading_workers(num_workers: int | None, device: torch.device) -> int:
     if num_workers is not None:
         return max(0, int(num_workers))
     return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
+
+
+def patch_memory_bytes(encoder: Encoder, patch_px: int) -> int:
+    """Peak CPU memory (bytes) one patch takes through ``encoder``: its float32 input tensor plus
+    the activations (``EncoderInfo.activation_bytes_per_px``, measured per encoder family), at the
+    encoder's input size (``patch_px`` when the encoder keeps the patch size)."""
+    from .encoders import encoder_info
+
+    try:
+        per_px = encoder_info(encoder.name).activation_bytes_per_px
+    except Exception:  # noqa: BLE001 - an ad-hoc encoder outside the registry
+        per_px = 1700
+    side = int(encoder.input_size or patch_px)
+    return (per_px + 3 * 4) * side * side
+
+
+def batch_for_memory(encoder: Encoder, batch_size: int, budget_bytes: int, *, patch_px: int) -> int:
+    """The encoder batch that fits ``budget_bytes``: ``min(batch_size, budget // per-patch bytes)``,
+    at least 1 (see :func:`patch_memory_bytes`)."""
+    return max(1, min(int(batch_size), int(budget_bytes) // patch_memory_bytes(encoder, patch_px)))
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> tqdm | None:

@@ -106,7 +106,13 @@ class EncoderInfo:
     (run channels-last); label: published model name for messages ("UNI2-h");
     patch_size: ViT token side in px (target sizes must be multiples of it), None for CNNs;
     transform: the published evaluation transform; fully_conv: has a fully-convolutional form
-    (:mod:`models.fully_conv`); builder: see :data:`Builder` (None: facts only).
+    (:mod:`models.fully_conv`); activation_bytes_per_px: peak CPU memory per input pixel of one
+    patch in a batch (fp32, with the heap-keeping allocator of :mod:`models.runtime`), which sizes
+    the encoder's batches to a memory budget. Measured for resnet50_trunc: a whole reference run
+    peaks 40 MB higher per extra 224-px patch in the batch (1,531 MiB at 16, 2,171 MiB at 32) =
+    800 B/px (190 B/px with glibc's default allocator). For the ViTs it is derived, not measured:
+    ViT-L/16 takes 406 B/px with the default allocator (ViT-H/14 470), times the 4.2x the heap
+    keeps for resnet50_trunc = 1700; builder: see :data:`Builder` (None: facts only).
     """
 
     name: str
@@ -119,6 +125,7 @@ class EncoderInfo:
     patch_size: int | None = None
     transform: TransformSpec = TransformSpec()
     fully_conv: bool = False
+    activation_bytes_per_px: int = 1700
     builder: Builder | None = field(default=None, compare=False, repr=False)
 
 

@@ -98,4 +98,4 @@ def build_resnet50_trunc(info: EncoderInfo, *, target_img_size: int | None = Non
 RESNET50_TRUNC = register_encoder(EncoderInfo(
     name="resnet50_trunc", dim=1024, input_size=224, hub_id=f"timm/{RESNET50_TRUNC_HUB_ID}",
     env_vars=(RESNET50_TRUNC_ENV,), is_cnn=True, label="ResNet-50", transform=TransformSpec(),
-    fully_conv=True, builder=build_resnet50_trunc))
+    fully_conv=True, activation_bytes_per_px=800, builder=build_resnet50_trunc))
