@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from wsi_core.errors import ConfigError, FeatureFileError, WsiHeatmapsError
+from wsi_core.errors import ConfigError, FeatureFileError
 from wsi_core.formats import read_coords_h5
 
 from .cli_args import (add_dry_run_argument, add_model_arguments, add_run_arguments, check_label_dict,
-                       parse_label_dict, print_plan, setup_logging)
+                       parse_label_dict, setup_logging)
+from .command import run_in_memory
 from .layout import SEED_EXP_CODE, seed_exp_arguments
 
 __all__ = ["build_parser", "main", "cohort_process_list", "feature_patch_size", "build_cohort_config"]
@@ -163,24 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     --dry-run), 1 a slide or the input failed, 2 bad usage."""
     args = build_parser().parse_args(argv)
     setup_logging(args)
-    try:
-        from models.checkpoints import load_mil_checkpoint
 
-        from .run import dry_run, run_config
-
+    def prepare():
         df, files = cohort_process_list(args.h5_dir, args.slide_dir, slide_ext=args.slide_ext, limit=args.limit)
-        if not Path(args.checkpoint).is_file():
-            raise ConfigError(f"--checkpoint {args.checkpoint}: file not found")
-        model = load_mil_checkpoint(args.checkpoint, model_type=args.model_type, device="cpu")
-        cfg = build_cohort_config(args, model, feature_patch_size(files))
-        if args.dry_run:
-            return 0 if print_plan(dry_run(cfg, source="generate-heatmaps", process_list=df)) else 1
-        summary = run_config(cfg, source="generate-heatmaps", force=args.force, progress=not args.quiet,
-                             device=args.device, process_list=df)
-    except WsiHeatmapsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    log.info("%d slides processed, %d failed, %d patches encoded, %.1f s; heatmaps in %s; results: %s",
-             len(summary.processed), len(summary.failed), summary.n_encoded, summary.seconds,
-             Path(args.output_dir) / SEED_EXP_CODE, summary.results_csv)
-    return 1 if summary.failed else 0
+        return df, lambda model: build_cohort_config(args, model, feature_patch_size(files))
+
+    return run_in_memory(args, source="generate-heatmaps", checkpoint=args.checkpoint, checkpoint_flag="--checkpoint",
+                         prepare=prepare, outputs=Path(args.output_dir) / SEED_EXP_CODE)

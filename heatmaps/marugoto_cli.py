@@ -29,10 +29,11 @@ from typing import Any
 
 import pandas as pd
 
-from wsi_core.errors import ConfigError, WsiHeatmapsError
+from wsi_core.errors import ConfigError
 
 from .cli_args import (add_dry_run_argument, add_model_arguments, add_render_arguments, add_run_arguments,
-                       check_label_dict, parse_label_dict, print_plan, setup_logging)
+                       check_label_dict, parse_label_dict, setup_logging)
+from .command import run_in_memory
 from .layout import SEED_EXP_CODE, seed_exp_arguments
 
 __all__ = ["add_marugoto_arguments", "build_parser", "main", "run_marugoto", "resolve_true_class",
@@ -170,27 +171,13 @@ def run_marugoto(args: argparse.Namespace, *, parser: argparse.ArgumentParser | 
         print(f"{parser.prog if parser else 'create-heatmaps-marugoto'}: error: Marugoto maps need "
               f"{', '.join(missing)}", file=sys.stderr)
         return 2
-    try:
-        from models.checkpoints import load_mil_checkpoint
 
-        from .run import dry_run, run_config
-
+    def prepare():
         df, dirs = _slide_list(list(args.slides))
-        if not Path(args.model).is_file():
-            raise ConfigError(f"-m {args.model}: checkpoint file not found")
-        model = load_mil_checkpoint(args.model, model_type=args.model_type, device="cpu")
-        cfg = build_marugoto_config(args, model, dirs)
-        if args.dry_run:
-            return 0 if print_plan(dry_run(cfg, source="create-heatmaps-marugoto", process_list=df)) else 1
-        summary = run_config(cfg, source="create-heatmaps-marugoto", force=args.force, progress=not args.quiet,
-                             device=args.device, process_list=df)
-    except WsiHeatmapsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    log.info("%d slides processed, %d failed, %d patches encoded, %.1f s; maps on one scale in %s; results: %s",
-             len(summary.processed), len(summary.failed), summary.n_encoded, summary.seconds,
-             Path(args.output_dir_m) / SEED_EXP_CODE, summary.results_csv)
-    return 1 if summary.failed else 0
+        return df, lambda model: build_marugoto_config(args, model, dirs)
+
+    return run_in_memory(args, source="create-heatmaps-marugoto", checkpoint=args.model, checkpoint_flag="-m",
+                         prepare=prepare, outputs=Path(args.output_dir_m) / SEED_EXP_CODE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -184,7 +184,7 @@ def test_highres_roi_tiff_in_the_slide_geometry_and_the_summary_names_the_class(
     assert np.abs(rgba[900:1700, 700:1500, :3].astype(np.int16) - old).mean() < 2.0    # JPEG q90 tiles
 
 
-def test_highres_without_names_says_class_i_of_n(tmp_path, shared_dir, caplog):
+def test_highres_without_names_says_class_i_of_n():
     from heatmaps.highres import class_summary
 
     assert class_summary(1, np.array([0.25, 0.75]), {}) == "class 1 of 2 (p=0.7500)"
