@@ -1,7 +1,10 @@
 """Command line of ``create_heatmaps.py`` / ``create-heatmaps``: parse arguments, call :mod:`heatmaps.run`.
 
 CLAM's flags keep working (``--config_file``, ``--save_exp_code``, ``--overlap``); ``--config``
-takes several YAML files, run one after another. It never prompts.
+takes several YAML files, run one after another. ``--checkpoint``/``--scores`` with ``--slide`` and
+``--output`` is the high-resolution mode of one slide (also ``generate-heatmaps-highres``, see
+:func:`main_highres`); ``-m MODEL -o DIR -t CLASS SLIDE ...`` the Marugoto-style maps of
+:mod:`heatmaps.marugoto_cli`. It never prompts.
 """
 from __future__ import annotations
 
@@ -13,7 +16,10 @@ from pathlib import Path
 from wsi_core.errors import ConfigError, WsiHeatmapsError
 
 from . import highres
+from .cli_args import (add_dry_run_argument, add_model_arguments, add_render_arguments, add_run_arguments,
+                       parse_label_dict, print_plan, setup_logging)
 from .config import HeatmapConfig, apply_overrides, load_config
+from .marugoto_cli import add_marugoto_arguments, run_marugoto
 from .process_list import PACKAGE_DIR, resolve_input_file
 
 # heatmaps.run (torch, the models) is imported only where a model runs: a --scores re-render stays
@@ -31,40 +37,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="generate the embedded synthetic slide and demo model (offline) and run heatmaps/configs/demo.yaml")
     p.add_argument("--save_exp_code", help="override exp_arguments.save_exp_code")
-    p.add_argument("--overlap", type=float, help="override patching_arguments.overlap")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config key, e.g. --set heatmap_arguments.alpha=0.5 (repeatable)")
-    p.add_argument("--dry-run", "--dry_run", action="store_true",
-                   help="validate every config, resolve every slide path and print the plan; run nothing")
-    p.add_argument("--force", action="store_true", help="recompute slides whose outputs are already complete")
-    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars; warnings and errors only")
-    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    _add_highres_arguments(p)
+    add_dry_run_argument(p)
+    add_run_arguments(p)
+    add_highres_arguments(p)
+    add_marugoto_arguments(p, standalone=False)
     return p
 
 
-def _add_highres_arguments(p: argparse.ArgumentParser) -> None:
-    """The high-resolution flags (``--checkpoint``/``--scores`` with ``--slide`` and ``--output``)."""
+def add_highres_arguments(p: argparse.ArgumentParser) -> None:
+    """The high-resolution flags (``--checkpoint``/``--scores`` with ``--slide`` and ``--output``),
+    shared by ``create-heatmaps`` and ``generate-heatmaps-highres``."""
     g = p.add_argument_group("high-resolution heatmap of one slide (no YAML needed)")
     g.add_argument("--checkpoint", help="MIL checkpoint: run the model on --slide and write --output")
     g.add_argument("--scores", help="re-render an existing blockmap / overlap / _coords.h5 on --slide (no model)")
     g.add_argument("--slide", help="the slide file (or DICOM folder)")
-    g.add_argument("--output", help="output heatmap: .tiff/.tif (pyramidal, OpenSlide-readable), .png or .jpg")
-    g.add_argument("--model_type", default="clam_sb", help="MIL architecture of --checkpoint (default clam_sb)")
-    g.add_argument("--feature_extractor", default="auto",
-                   help="encoder: auto (from the checkpoint's input width) or a registered encoder name "
-                        "(an unknown name fails listing them)")
-    g.add_argument("--encoder_weights", help="local encoder weights (else $<NAME>_CKPT_PATH, else the hub)")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="encoder precision (default fp32 on CPU, bf16 on CUDA)")
-    g.add_argument("--fully_convolutional", action="store_true", help="CNN encoders: one pass over large regions (fast, approximate)")
-    g.add_argument("--vis_level", type=int, default=0, help="level of the output (0 = full resolution, -1 = best level for downsample 32)")
-    g.add_argument("--patch_size", type=int, default=256, help="patch side at level 0 (px)")
-    g.add_argument("--cmap", default="jet", help="matplotlib colormap")
-    g.add_argument("--alpha", type=float, default=0.5, help="colour opacity over the slide")
-    g.add_argument("--batch_size_extract", type=int, default=32, help="patches per encoder batch")
-    g.add_argument("--batch_size_infer", type=int, default=512, help="patches per attention batch")
-    g.add_argument("--roi", help="x1,y1,x2,y2 in level-0 px")
+    g.add_argument("--output", help="output heatmap: .tiff/.tif (pyramidal, OpenSlide-readable), .png or .jpg. "
+                                    "With --checkpoint the run's intermediate files (features, blockmap and "
+                                    "fine-pass H5, tissue contours, effective config) go to {output stem}_work/ "
+                                    "beside it; a rerun reuses them; delete the folder once the heatmap is written")
+    add_model_arguments(g)
+    add_render_arguments(g)
+    g.add_argument("--roi", help="x1,y1,x2,y2 in level-0 px: only this region is computed; a TIFF keeps the "
+                                 "slide's geometry (empty, transparent tiles outside the ROI)")
     g.add_argument("--raw_scores", action="store_true", help="TIFF output: also write the raw score map")
 
 
@@ -72,7 +66,8 @@ def highres_request(args: argparse.Namespace) -> highres.HighresRequest:
     """The typed request of ``--checkpoint``/``--scores`` mode.
 
     Raises:
-        ConfigError: both or neither of --checkpoint / --scores, --slide or --output missing, a bad --roi.
+        ConfigError: both or neither of --checkpoint / --scores, --slide or --output missing, a bad
+        --roi or --label_dict.
     """
     if args.checkpoint and args.scores:
         raise ConfigError("give either --checkpoint (run the model) or --scores (re-render), not both")
@@ -85,7 +80,7 @@ def highres_request(args: argparse.Namespace) -> highres.HighresRequest:
         precision=args.precision, fully_convolutional=bool(args.fully_convolutional), vis_level=args.vis_level,
         patch_size=args.patch_size, cmap=args.cmap, alpha=args.alpha, batch_size_extract=args.batch_size_extract,
         batch_size_infer=args.batch_size_infer, roi=highres.parse_roi(args.roi), raw_scores=bool(args.raw_scores),
-        overlap=args.overlap, overrides=tuple(args.overrides))
+        overlap=args.overlap, overrides=tuple(args.overrides), label_dict=parse_label_dict(args.label_dict))
 
 
 def _config_path(name: str) -> Path:
@@ -100,7 +95,28 @@ def _load(name: str, args: argparse.Namespace) -> HeatmapConfig:
         overrides.append(f"exp_arguments.save_exp_code={args.save_exp_code}")
     if args.overlap is not None:
         overrides.append(f"patching_arguments.overlap={args.overlap}")
-    return apply_overrides(cfg, overrides, source=f"{path} (command-line overrides)") if overrides else cfg
+    cfg = apply_overrides(cfg, overrides, source=f"{path} (command-line overrides)") if overrides else cfg
+    _check_demo_assets(cfg, path)
+    return cfg
+
+
+DEMO_CONFIG = PACKAGE_DIR / "configs" / "demo.yaml"
+
+
+def _check_demo_assets(cfg: HeatmapConfig, path: Path) -> None:
+    """``heatmaps/configs/demo.yaml`` runs on files that ``create-heatmaps --demo`` generates.
+
+    Raises:
+        ConfigError: it is the demo config and one of its generated inputs (process list,
+        checkpoint, encoder weights) is missing: one line saying to run ``--demo`` first.
+    """
+    if path.resolve() != DEMO_CONFIG.resolve():
+        return
+    needed = (cfg.data_arguments.process_list, cfg.model_arguments.ckpt_path, cfg.encoder_arguments.weights_path)
+    missing = next((p for p in needed if p and not Path(p).is_file()), None)
+    if missing is not None:
+        raise ConfigError(f"{path}: the demo's generated inputs are missing ({missing}); run create-heatmaps --demo "
+                          "first (it makes them offline and runs this config)")
 
 
 def _main_highres(args: argparse.Namespace) -> int:
@@ -117,11 +133,38 @@ def _main_highres(args: argparse.Namespace) -> int:
         return 1
 
 
+def build_highres_parser() -> argparse.ArgumentParser:
+    """``generate-heatmaps-highres``: the high-resolution flags of ``create-heatmaps``, nothing else."""
+    p = argparse.ArgumentParser(
+        prog="generate-heatmaps-highres",
+        description="High-resolution attention heatmap of one slide, no YAML: the same flags and outputs as "
+                    "create-heatmaps --checkpoint/--scores --slide --output.")
+    add_run_arguments(p)
+    add_highres_arguments(p)
+    return p
+
+
+def main_highres(argv: list[str] | None = None) -> int:
+    """Entry point of ``generate-heatmaps-highres``. Exit status: 0 done, 1 bad input, 2 bad usage."""
+    parser = build_highres_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args)
+    if not (args.checkpoint or args.scores):
+        parser.print_usage(sys.stderr)
+        print("generate-heatmaps-highres: error: give --checkpoint CKPT (or --scores H5) with --slide and --output",
+              file=sys.stderr)
+        return 2
+    return _main_highres(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point. Exit status: 0 all slides done, 1 some slide or config failed, 2 bad usage."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(message)s" if args.verbose else "%(message)s", stream=sys.stderr)
+    """Entry point. Exit status: 0 all slides done (or a clean --dry-run plan), 1 some slide or
+    config failed (or --dry-run found a problem), 2 bad usage."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args)
+    if args.model or args.slides:
+        return run_marugoto(args, parser=parser)
     if args.checkpoint or args.scores:
         return _main_highres(args)
     configs = list(args.configs or [])
@@ -131,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         ensure_demo_assets()
         configs.insert(0, str(PACKAGE_DIR / "configs" / "demo.yaml"))
     if not configs:
-        build_parser().print_usage(sys.stderr)
-        print("create-heatmaps: error: give --config YAML [YAML ...] or --demo", file=sys.stderr)
+        parser.print_usage(sys.stderr)
+        print("create-heatmaps: error: give --config YAML [YAML ...], --demo, --checkpoint CKPT --slide SLIDE "
+              "--output OUT, or -m MODEL -o DIR -t CLASS SLIDE ...", file=sys.stderr)
         return 2
     from .run import dry_run, run_config
 
@@ -141,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cfg = _load(name, args)
             if args.dry_run:
-                print("\n".join(dry_run(cfg, source=name)))
+                failed |= not print_plan(dry_run(cfg, source=name))
                 continue
             summary = run_config(cfg, source=name, force=args.force, progress=not args.quiet, device=args.device)
         except WsiHeatmapsError as exc:

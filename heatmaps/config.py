@@ -8,6 +8,7 @@ type. Keys we add beyond CLAM's are marked "(wsi-heatmaps)" in their description
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
@@ -201,6 +202,20 @@ class HeatmapConfig(BaseModel):
 _SECTIONS = {name: f.annotation for name, f in HeatmapConfig.model_fields.items()}
 
 
+# Names users reach for that the schema spells otherwise (matplotlib, timm, MIL-Lab, CLAM's own CLI).
+# Keys: ``unknown key -> valid key`` (also inside a longer key: ``score_colormap`` -> ``score_cmap``);
+# values: ``wrong enum value -> valid value``. The one table of synonyms; "did you mean" reads it first.
+KEY_SYNONYMS: dict[str, str] = {
+    "colormap": "cmap", "colourmap": "cmap", "color_map": "cmap", "colour_map": "cmap",
+    "in_dim": "embed_dim", "feature_dim": "embed_dim", "feat_dim": "embed_dim",
+    "overlap_ratio": "overlap",
+    "ckpt": "ckpt_path", "checkpoint": "ckpt_path", "checkpoint_path": "ckpt_path",
+}
+VALUE_SYNONYMS: dict[str, str] = {
+    "bottomk": "reverse_topk", "bottom_k": "reverse_topk", "top_k": "topk", "range": "range_sample",
+}
+
+
 def _valid_keys(loc: tuple) -> list[str]:
     """Valid keys at a location inside the config (for 'did you mean')."""
     model: Any = HeatmapConfig
@@ -218,18 +233,48 @@ def _valid_keys(loc: tuple) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+def _synonym(key: str) -> str | None:
+    """The schema's name for ``key`` by :data:`KEY_SYNONYMS` (whole key, else one part of it)."""
+    if key in KEY_SYNONYMS:
+        return KEY_SYNONYMS[key]
+    for alias in sorted(KEY_SYNONYMS, key=len, reverse=True):
+        if alias in key:
+            return key.replace(alias, KEY_SYNONYMS[alias])
+    return None
+
+
+def _suggest_key(loc: tuple) -> str:
+    """``did you mean 'section.key'?`` for an unknown key: a synonym first (in this section, else
+    in the section that has it), else the closest spelling, else the valid keys."""
+    prefix = ".".join(str(p) for p in loc[:-1]) + "." if len(loc) > 1 else ""
+    valid = _valid_keys(loc)
+    name = str(loc[-1])
+    alias = _synonym(name)
+    if alias is not None:
+        if alias in valid:
+            return f"did you mean '{prefix}{alias}'?"
+        if len(loc) == 2:
+            owners = [s for s in _SECTIONS if alias in _valid_keys((s, alias))]
+            if owners:
+                return f"did you mean '{owners[0]}.{alias}'? ({alias} belongs to {owners[0]})"
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+
+
 def _describe(err: dict, source: str) -> str:
     loc = tuple(err["loc"])
     dotted = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
-        valid = _valid_keys(loc)
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        hint = f"did you mean '{'.'.join(str(p) for p in loc[:-1]) + '.' if len(loc) > 1 else ''}{close[0]}'?" if close else \
-            f"valid keys: {', '.join(valid)}"
-        return f"{source}: unknown key '{dotted}'; {hint}"
+        return f"{source}: unknown key '{dotted}'; {_suggest_key(loc)}"
     if err["type"] == "missing":
         return f"{source}: missing required key '{dotted}'; add it to the config"
     value = err.get("input")
+    if err["type"] == "literal_error" and isinstance(value, str):
+        allowed = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+        guess = VALUE_SYNONYMS.get(value.lower())
+        guess = guess if guess in allowed else next(iter(difflib.get_close_matches(value, allowed, n=1, cutoff=0.6)), None)
+        if guess is not None:
+            return f"{source}: {dotted} = {value!r} is invalid: {err['msg']}; did you mean '{guess}'?"
     return f"{source}: {dotted} = {value!r} is invalid: {err['msg']}"
 
 

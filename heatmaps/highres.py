@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from wsi_core.levels import patch_footprint_level0, resolve_level
 from wsi_core.slide import open_slide
 from wsi_core.tissue import SegmentationParams, TissueContours, load_clam_mask_pkl, load_contours_geojson, segment_tissue
 
+from .cli_args import HIGHRES_ALPHA, check_label_dict
 from .config import HeatmapConfig, apply_overrides, parse_config
 from .layout import (contour_files, coords_h5_path, highres_work_dir, score_file_kind, scores_tiff_path,
                      slide_outputs)
@@ -61,8 +62,13 @@ class HighresRequest:
     on ``slide``, written to ``output`` (.tiff/.tif pyramidal, .png, .jpg).
 
     Units: ``patch_size`` px at level 0; ``roi`` ``(x1, y1, x2, y2)`` level-0 px; ``vis_level``
-    a pyramid level (-1: the best level for downsample 32); ``alpha`` 0-1; ``overlap`` 0-1
-    (default 0.9). ``overrides``: ``section.key=value`` strings applied to the built config.
+    a pyramid level (-1: the best level for downsample 32); ``alpha`` 0-1 (default 0.5); ``overlap``
+    0-1 (default 0.9). ``label_dict``: class name -> index of the checkpoint (names in the summary
+    line). ``overrides``: ``section.key=value`` strings applied to the built config.
+
+    The run's intermediate files (features, blockmap and fine-pass H5, tissue contours) go to
+    ``{output stem}_work/`` beside ``output`` (:func:`heatmaps.layout.highres_work_dir`); a rerun
+    reuses them, and the folder may be deleted once the heatmap is written.
     """
 
     slide: str
@@ -77,13 +83,21 @@ class HighresRequest:
     vis_level: int = 0
     patch_size: int = 256
     cmap: str = "jet"
-    alpha: float = 0.5
+    alpha: float = HIGHRES_ALPHA
     batch_size_extract: int = 32
     batch_size_infer: int = 512
     roi: tuple[int, int, int, int] | None = None
     raw_scores: bool = False
     overlap: float | None = None
     overrides: tuple[str, ...] = ()
+    label_dict: dict[str, int] = field(default_factory=dict)
+
+
+def class_summary(pred: int, probs, names: dict[int, str]) -> str:
+    """The predicted class in words: ``'LUAD (p=0.9731)'`` when the classes are named, else
+    ``'class 1 of 2 (p=0.9731)'`` (0-based index of ``len(probs)`` classes)."""
+    p = float(probs[pred])
+    return f"{names[pred]} (p={p:.4f})" if pred in names else f"class {pred} of {len(probs)} (p={p:.4f})"
 
 
 def build_config(req: HighresRequest, model: MILModel) -> HeatmapConfig:
@@ -101,6 +115,7 @@ def build_config(req: HighresRequest, model: MILModel) -> HeatmapConfig:
     ext = _output_ext(req.output)
     if not slide.exists():
         raise ConfigError(f"--slide {slide}: file not found")
+    check_label_dict(req.label_dict, int(model.n_classes), checkpoint=str(req.checkpoint))
     work = highres_work_dir(out)
     encoder = encoder_for_dim(int(model.in_dim)) if req.feature_extractor == "auto" else req.feature_extractor
     data = {
@@ -108,7 +123,8 @@ def build_config(req: HighresRequest, model: MILModel) -> HeatmapConfig:
                           "raw_save_dir": str(work / "raw"), "production_save_dir": str(work / "production"),
                           "results_dir": str(work), "batch_size": req.batch_size_extract,
                           "batch_size_infer": req.batch_size_infer},
-        "data_arguments": {"data_dir": str(slide.parent), "slide_ext": "", "preset": "presets/bwh_biopsy.csv"},
+        "data_arguments": {"data_dir": str(slide.parent), "slide_ext": "", "preset": "presets/bwh_biopsy.csv",
+                           "label_dict": dict(req.label_dict)},
         "patching_arguments": {"patch_size": req.patch_size, "overlap": req.overlap if req.overlap is not None else 0.9},
         "encoder_arguments": {"model_name": encoder, "weights_path": req.encoder_weights, "precision": req.precision,
                               "fully_convolutional": bool(req.fully_convolutional)},
@@ -124,7 +140,7 @@ def build_config(req: HighresRequest, model: MILModel) -> HeatmapConfig:
 
 def _slide_task(cfg: HeatmapConfig, req: HighresRequest) -> SlideTask:
     """The request's one slide as a process-list row resolved in memory (preset, ROI)."""
-    row = {"slide_id": Path(req.slide).name, "label": "Unspecified"}
+    row = {"slide_id": Path(req.slide).name}      # no label: the 'Unspecified' folder
     if req.roi:
         row.update(dict(zip(ROI_COLUMNS, req.roi)))
     df = initialize_process_list(pd.DataFrame([row]), load_preset(cfg.data_arguments.preset))
@@ -155,12 +171,13 @@ def run_highres(req: HighresRequest, *, device: str | None = None, force: bool =
         model = load_mil_checkpoint(req.checkpoint, model_type=req.model_type, device=device, model_kwargs=options)
     task = _slide_task(cfg, req)
     write_effective_config(cfg)
-    ctx = RunContext(cfg=cfg, model=model, class_names={}, device=device, force=force, progress=progress)
+    names = {v: k for k, v in cfg.data_arguments.label_dict.items()}
+    ctx = RunContext(cfg=cfg, model=model, class_names=names, device=device, force=force, progress=progress)
     with open_slide(task.slide_path) as slide:
         result = run_slide(ctx, task, slide=slide)
     out = finish_highres(cfg, task, req.output)
-    log.info("%s: pred %d (p=%.4f); heatmap: %s (patches: %s)", task.slide_id, result.pred,
-             float(result.probs[result.pred]), out, coords_h5_path(out))
+    log.info("%s: predicted %s; heatmap: %s (patches: %s; intermediate files: %s)", task.slide_id,
+             class_summary(result.pred, result.probs, names), out, coords_h5_path(out), highres_work_dir(out))
     return out
 
 

@@ -26,6 +26,14 @@ Beside them (wsi-heatmaps)::
                                       score maps; ``{stem}_colorbar.png`` and ``{stem}_scale.json`` beside each
     {results_dir}/{process_list stem}.csv                        the results table
     {output stem}_coords.h5, {output stem}_scores.tif            beside a high-resolution heatmap
+    {output stem}_work/                                          its intermediate files (reused by a rerun)
+
+The seed commands (``generate-heatmaps``, ``create-heatmaps-marugoto``) put one run under ``-o``/``--output_dir``
+(:func:`seed_exp_arguments`)::
+
+    {output_dir}/results.csv                 the results table
+    {output_dir}/results/{label}/...         heatmaps (and score maps) as in the production dir
+    {output_dir}/raw/results/{label}/{slide_id}/...   the raw dir (blockmaps, fine-pass H5, contours)
 
 The layouts *inside* the H5 files live in :mod:`wsi_core.formats`.
 """
@@ -191,6 +199,21 @@ def style_json_path(image: Path) -> Path:
 def scale_json_path(image: Path) -> Path:
     """``{image stem}_scale.json`` beside a score map."""
     return image.with_name(image.stem + "_scale.json")
+
+
+# ------------------------------------------------------------------ the seed commands' output folder
+
+SEED_EXP_CODE = "results"
+
+
+def seed_exp_arguments(output_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """``exp_arguments`` paths of a seed command run into ``output_dir``: ``save_exp_code`` is
+    ``results`` (:data:`SEED_EXP_CODE`), so the results table (an in-memory process list is named
+    by ``save_exp_code``) is ``{output_dir}/results.csv``, the production folder
+    ``{output_dir}/results/`` and the raw folder ``{output_dir}/raw/results/``."""
+    out = Path(output_dir)
+    return {"save_exp_code": SEED_EXP_CODE, "raw_save_dir": str(out / "raw"), "production_save_dir": str(out),
+            "results_dir": str(out)}
 
 
 # ------------------------------------------------------------------ high-resolution outputs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,19 @@ def load_preset(preset: str | None) -> dict[str, Any]:
         if key in df.columns and not pd.isna(df.loc[0, key]):
             params[key] = df.loc[0, key].item() if hasattr(df.loc[0, key], "item") else df.loc[0, key]
     return params
+
+
+def shipped_presets() -> dict[str, Path]:
+    """The presets shipped in ``heatmaps/configs/presets/``: name (file stem) -> CSV path."""
+    return {p.stem: p for p in sorted((PACKAGE_DIR / "configs" / "presets").glob("*.csv"))}
+
+
+@lru_cache(maxsize=1)
+def preset_a_t_hints() -> tuple[tuple[str, float], ...]:
+    """``("preset NAME", a_t)`` of every shipped preset, smallest ``a_t`` first: what a
+    "no tissue found" message offers (:class:`wsi_core.tissue.SegmentationParams` ``a_t_hints``)."""
+    hints = [(f"preset {name}", float(load_preset(str(path))["a_t"])) for name, path in shipped_presets().items()]
+    return tuple(sorted(hints, key=lambda h: h[1]))
 
 
 def initialize_process_list(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
@@ -252,6 +266,7 @@ def slide_task(row: pd.Series, data_args: DataArguments, *, use_roi: bool) -> Sl
         close=int(float(row["close"])), use_otsu=_bool(row["use_otsu"]),
         keep_ids=_ids(row["keep_ids"]), exclude_ids=_ids(row["exclude_ids"]),
         a_t=float(row["a_t"]), a_h=float(row["a_h"]), max_n_holes=int(float(row["max_n_holes"])),
+        a_t_hints=preset_a_t_hints(),
     )
     feats = _cell(row, "features_path")
     coords = _cell(row, "coords_path")

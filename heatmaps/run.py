@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 import yaml
 from tqdm.auto import tqdm
@@ -25,14 +26,14 @@ from wsi_core.errors import ConfigError, WsiHeatmapsError
 from wsi_core.io import atomic_path
 
 from .config import HeatmapConfig, config_to_dict
+from .context import RunContext
 from .executors import Executor, SequentialExecutor
 from .layout import autogen_process_list_path, effective_config_path, results_csv_path, slide_outputs
-from .context import RunContext
 from .pipeline import SlideResult, draw_run_score_maps, run_slide
-from .process_list import read_process_list, slide_task, write_csv
+from .process_list import initialize_process_list, load_preset, read_process_list, slide_task, write_csv
 from .results import ResultsBook, RunSummary
 
-__all__ = ["run_config", "dry_run", "default_device", "RunSummary"]
+__all__ = ["run_config", "dry_run", "DryRunPlan", "default_device", "RunSummary"]
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,48 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def dry_run(cfg: HeatmapConfig, *, source: str) -> list[str]:
-    """Validate and resolve everything without running a model; returns the plan's lines.
+def _process_list(cfg: HeatmapConfig, given: pd.DataFrame | None) -> tuple[pd.DataFrame, Path | None]:
+    """The config's process list and its CSV (None when built in memory or from data_dir); a
+    ``given`` DataFrame (e.g. a command line's list of slides) replaces ``data_arguments.process_list``
+    and gets the preset's parameters like a CSV would."""
+    if given is None:
+        return read_process_list(cfg.data_arguments)
+    return initialize_process_list(given, load_preset(cfg.data_arguments.preset)), None
+
+
+@dataclass
+class DryRunPlan:
+    """What :func:`dry_run` found: the plan's ``lines`` (printable) and its ``errors`` (one line
+    each: a missing checkpoint, a slide that cannot be resolved). ``ok`` when there is none."""
+
+    lines: list[str]
+    errors: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def dry_run(cfg: HeatmapConfig, *, source: str, process_list: pd.DataFrame | None = None) -> DryRunPlan:
+    """Validate and resolve everything without running a model.
+
+    ``process_list``: an in-memory process list used instead of ``data_arguments.process_list``.
+
+    Returns:
+        The plan: one header line, one line per slide (``run``, ``skip`` or ``ERROR``) and the
+        errors (a missing checkpoint file, each slide that cannot be resolved).
 
     Raises:
-        ConfigError: the process list or checkpoint cannot be found.
+        ConfigError: the process list or the preset cannot be found or read.
     """
-    df, pl_path = read_process_list(cfg.data_arguments)
-    lines = [f"config {source}: {len(df)} slides in {pl_path or 'data_dir'}; checkpoint {cfg.model_arguments.ckpt_path}"
-             f" ({'found' if Path(cfg.model_arguments.ckpt_path).is_file() else 'MISSING'}); "
+    df, pl_path = _process_list(cfg, process_list)
+    ckpt = cfg.model_arguments.ckpt_path
+    found = Path(ckpt).is_file()
+    lines = [f"config {source}: {len(df)} slides in {pl_path or ('the command line' if process_list is not None else 'data_dir')}; "
+             f"checkpoint {ckpt} ({'found' if found else 'MISSING'}); "
              f"patch {cfg.patching_arguments.patch_size} px at level {cfg.patching_arguments.patch_level}, "
              f"fine step {cfg.step_size} px (overlap {cfg.patching_arguments.overlap})"]
+    errors = [] if found else [f"{source}: checkpoint not found: {ckpt}; fix model_arguments.ckpt_path"]
     for _, row in df.iterrows():
         if int(float(row["process"])) != 1:
             lines.append(f"  skip  {row['slide_id']} (process != 1)")
@@ -64,7 +96,8 @@ def dry_run(cfg: HeatmapConfig, *, source: str) -> list[str]:
             lines.append(f"  run   {task.slide_id}: {task.slide_path}{roi}{feats} -> {out.heatmap(cfg)}")
         except WsiHeatmapsError as exc:
             lines.append(f"  ERROR {row['slide_id']}: {exc}")
-    return lines
+            errors.append(f"{source}: {exc}")
+    return DryRunPlan(lines, errors)
 
 
 def write_effective_config(cfg: HeatmapConfig) -> Path:
@@ -84,10 +117,14 @@ class _Job:
 
 
 def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = False, progress: bool = True,
-               device: str | None = None, executor: Executor | None = None) -> RunSummary:
+               device: str | None = None, executor: Executor | None = None,
+               process_list: pd.DataFrame | None = None) -> RunSummary:
     """Run one config over its process list.
 
     ``executor``: how slides are distributed (default: :class:`SequentialExecutor`).
+    ``process_list``: an in-memory process list (``slide_id`` and any CLAM column) used instead of
+    ``data_arguments.process_list``; its defaults come from the preset as for a CSV, the results
+    CSV is ``{results_dir}/{save_exp_code}.csv`` and the list itself is kept beside the raw outputs.
 
     Raises:
         WsiHeatmapsError: problems that concern the whole config (process list, checkpoint);
@@ -96,7 +133,7 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
     t0 = time.perf_counter()
     device = device or default_device()
     tune_cpu_allocator()
-    df, pl_path = read_process_list(cfg.data_arguments)
+    df, pl_path = _process_list(cfg, process_list)
     selected = df["process"].astype(float).astype(int) == 1
     todo = df[selected].reset_index(drop=True)
     if len(todo) == 0:

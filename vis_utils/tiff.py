@@ -16,6 +16,11 @@ Layout (what OpenSlide's *generic-tiff* driver, QuPath and libvips read):
 * ``XResolution``/``YResolution`` in px per centimeter (``1e4 / mpp``, per level
   ``1e4 / (mpp * level downsample)``) so OpenSlide reports ``openslide.mpp-x/y``.
 * BigTIFF when the uncompressed pyramid could pass 4 GiB.
+* Sparse images (``content_box``): tiles of any level that lie wholly outside the content box are
+  not encoded but written *empty* - ``TileOffsets`` 0 and ``TileByteCounts`` 0 - which OpenSlide
+  (>= 4) reads as transparent (``read_region`` alpha 0) and tifffile as its fill value. A band
+  wholly outside the box may be given as ``None`` (it is never encoded; the pyramid's partly
+  covered tiles see ``fill`` there).
 
 The file is written by a small streaming TIFF writer here (not ``tifffile.TiffWriter``: tifffile
 needs the ``imagecodecs`` package for JPEG even for pre-encoded tiles, and writes one page at a
@@ -46,6 +51,7 @@ __all__ = ["TileSource", "write_pyramidal_tiff", "pyramid_sizes", "check_raster_
 
 #: A band callable ``render_band(y0, y1) -> (y1 - y0, W, C)`` uint8 (C = 3, or 1 / 2-D for grey),
 #: an iterable of such bands in top-to-bottom order (any heights, summing to H), or one array.
+#: With a ``content_box`` a callable may return None for a band that lies wholly outside it.
 TileSource = Union[Callable[[int, int], np.ndarray], Iterable[np.ndarray], np.ndarray]
 
 COMPRESSIONS = {"jpeg": 7, "deflate": 8, "zlib": 8, "none": 1}
@@ -123,11 +129,13 @@ def _tile_row(rows: np.ndarray, tile: int, width: int) -> Iterator[np.ndarray]:
 class _Level:
     """Row buffer of one pyramid level: complete tile rows are encoded and written at once."""
 
-    def __init__(self, size: tuple[int, int], samples: int, tile: int) -> None:
+    def __init__(self, size: tuple[int, int], samples: int, tile: int,
+                 box: tuple[int, int, int, int] | None = None) -> None:
         self.w, self.h = size
         self.tile = tile
         self.ntx = -(-self.w // tile)
         self.nty = -(-self.h // tile)
+        self.box = box             # content (x0, y0, x1, y1) px of this level; None: all content
         self.offsets = np.zeros(self.ntx * self.nty, dtype=np.uint64)
         self.counts = np.zeros(self.ntx * self.nty, dtype=np.uint64)
         self.pending = np.empty((0, self.w, samples), dtype=np.uint8)
@@ -146,6 +154,24 @@ class _Level:
             if len(chunk) < self.tile:
                 chunk = np.pad(chunk, ((0, self.tile - len(chunk)), (0, 0), (0, 0)), mode="edge")
             yield chunk
+
+    def content_tiles(self, tile_row: int) -> np.ndarray | None:
+        """Indices of the tiles of ``tile_row`` that touch the content box (None: every tile)."""
+        if self.box is None:
+            return None
+        x0, y0, x1, y1 = self.box
+        t = self.tile
+        if tile_row * t >= y1 or (tile_row + 1) * t <= y0:
+            return np.zeros(0, np.int64)
+        return np.arange(max(0, x0 // t), min(self.ntx, -(-x1 // t)), dtype=np.int64)
+
+
+def level_box(box: tuple[int, int, int, int], level: int) -> tuple[int, int, int, int]:
+    """The level-0 px ``box`` (x0, y0, x1, y1) at pyramid level ``level`` (each level halves the
+    previous, 2x2 box means): every pixel that sees any pixel of the box (floor / ceil)."""
+    f = 1 << level
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return x0 // f, y0 // f, -(-x1 // f), -(-y1 // f)
 
 
 class _Downsampler:
@@ -256,6 +282,23 @@ def _bands(tiles: TileSource, w: int, h: int, band_rows: int) -> Iterator[np.nda
         yield from tiles
 
 
+def _filled(bands: Iterator[np.ndarray | None], w: int, h: int, box: tuple[int, int, int, int],
+            fill: int | tuple[int, ...], band_rows: int) -> Iterator[np.ndarray]:
+    """Bands with each None replaced by ``fill`` rows (allowed only wholly outside ``box``)."""
+    pixel = np.atleast_1d(np.asarray(fill, dtype=np.uint8))
+    y = 0
+    for band in bands:
+        if band is None:
+            rows = min(band_rows, h - y)
+            if box[1] < y + rows and y < box[3]:
+                raise ValueError(f"write_pyramidal_tiff: band rows {y}-{y + rows} overlap the content box "
+                                 f"{tuple(box)} but were given as None")
+            band = np.empty((rows, w, len(pixel)), np.uint8)
+            band[:] = pixel
+        y += len(band)
+        yield band
+
+
 def _as_band(band: np.ndarray, w: int, samples: int | None) -> np.ndarray:
     band = np.asarray(band)
     if band.ndim == 2:
@@ -272,7 +315,9 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
                          size: tuple[int, int], mpp: tuple[float, float] | None,
                          tile_size: int = 256, compression: str = "jpeg", quality: int = 90,
                          description: str = "", min_size: int = 1024, band_rows: int = 1024,
-                         bigtiff: bool | None = None) -> Path:
+                         bigtiff: bool | None = None,
+                         content_box: tuple[int, int, int, int] | None = None,
+                         fill: int | tuple[int, int, int] = (255, 255, 255)) -> Path:
     """Write a tiled pyramidal TIFF from bands of level 0 (see the module docstring).
 
     Args:
@@ -290,13 +335,20 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
         min_size: stop halving when the longest side is ``<= min_size`` px.
         band_rows: rows per ``render_band`` call.
         bigtiff: force BigTIFF on/off; None = when the uncompressed pyramid may pass 4 GiB.
+        content_box: level-0 px ``(x0, y0, x1, y1)`` (end exclusive) of the image's content, or
+            None (all of it). Tiles of every level lying wholly outside it are written empty
+            (offset 0, byte count 0; OpenSlide >= 4: transparent). The bands' pixels outside the
+            box must be ``fill`` (they are seen by partly covered tiles).
+        fill: the pixel of a band given as None (needs ``content_box``): an RGB triple (default
+            white), or one int for a grey image.
 
     Returns:
         The written path.
 
     Raises:
         ConfigError: unknown ``compression``, bad ``tile_size`` / ``size`` / ``quality``.
-        ValueError: a band of the wrong shape/dtype, or the bands do not add up to ``H`` rows.
+        ValueError: a band of the wrong shape/dtype, the bands do not add up to ``H`` rows, or a
+            None band without ``content_box`` or inside it.
         WsiHeatmapsError: the directory is not writable or the disk is full (atomic_path).
     """
     comp = str(compression).lower()
@@ -309,9 +361,12 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
                           f"(multiple of 16) and quality {quality} (1-100) must be valid")
     sizes = pyramid_sizes((w, h), min_size=min_size)
     band_iter = _bands(tiles, w, h, max(1, int(band_rows)))
+    if content_box is not None:
+        band_iter = _filled(band_iter, w, h, content_box, fill, max(1, int(band_rows)))
     first = _as_band(next(band_iter, np.zeros((0, w, 3), np.uint8)), w, None)
     samples = first.shape[2]
-    levels = [_Level(s, samples, tile_size) for s in sizes]
+    levels = [_Level(s, samples, tile_size, None if content_box is None else level_box(content_box, i))
+              for i, s in enumerate(sizes)]
     downs = [_Downsampler(s[0]) for s in sizes[1:]]
     encode = _encoder(comp, quality, samples)
     if bigtiff is None:
@@ -324,8 +379,14 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
             lv = levels[i]
             for chunk in lv.push(rows):
                 base = lv.tiles_done
-                for k, data in enumerate(pool.map(encode, _tile_row(chunk, tile_size, lv.w))):
-                    lv.offsets[base + k], lv.counts[base + k] = out.append(data)
+                keep = lv.content_tiles(base // lv.ntx)
+                if keep is None:
+                    for k, data in enumerate(pool.map(encode, _tile_row(chunk, tile_size, lv.w))):
+                        lv.offsets[base + k], lv.counts[base + k] = out.append(data)
+                elif len(keep):   # the other tiles stay empty: offset 0, byte count 0
+                    row = list(_tile_row(chunk, tile_size, lv.w))
+                    for k, data in zip(keep, pool.map(encode, [row[k] for k in keep])):
+                        lv.offsets[base + k], lv.counts[base + k] = out.append(data)
                 lv.tiles_done += lv.ntx
             if i + 1 < len(levels) and len(rows):
                 feed(i + 1, downs[i](rows))

@@ -201,6 +201,32 @@ def score_band_renderer(plan: HeatmapPlan, style: HeatmapStyle
     return render_band
 
 
+def _in_slide_geometry(render: Callable[[int, int], np.ndarray], *, origin: tuple[int, int],
+                       size: tuple[int, int], canvas: tuple[int, int], fill: int | tuple[int, int, int]
+                       ) -> tuple[Callable[[int, int], np.ndarray | None], tuple[int, int, int, int]]:
+    """Place an ROI canvas renderer (rows of ``size`` px) at ``origin`` in a ``canvas``-sized one.
+
+    Returns the canvas band renderer (None for bands wholly outside the ROI; ``fill`` around the
+    ROI elsewhere) and the ROI's ``(x0, y0, x1, y1)`` box in canvas px (clipped to the canvas).
+    """
+    (ox, oy), (rw, rh), (cw, ch) = origin, size, canvas
+    x0, x1 = max(ox, 0), min(ox + rw, cw)
+    y0, y1 = max(oy, 0), min(oy + rh, ch)
+    pixel = np.atleast_1d(np.asarray(fill, dtype=np.uint8))
+
+    def render_band(a: int, b: int) -> np.ndarray | None:
+        lo, hi = max(a, y0), min(b, y1)
+        if lo >= hi:
+            return None
+        part = render(lo - oy, hi - oy)
+        out = np.empty((b - a, cw, len(pixel)), np.uint8)
+        out[:] = pixel
+        out[lo - a:hi - a, x0:x1] = part.reshape(hi - lo, rw, -1)[:, x0 - ox:x1 - ox]
+        return out if part.ndim == 3 else out[:, :, 0]
+
+    return render_band, (x0, y0, x1, y1)
+
+
 def render_heatmap_tiff(slide: Slide, scores: np.ndarray, coords: np.ndarray, *,
                         patch_size_level0: tuple[int, int],
                         vis_level: int, contours: TissueContours | None, style: HeatmapStyle,
@@ -212,9 +238,16 @@ def render_heatmap_tiff(slide: Slide, scores: np.ndarray, coords: np.ndarray, *,
     """Render a CLAM-semantics heatmap at ``vis_level`` (0 = full resolution) into a pyramidal TIFF.
 
     The pixels are those of :func:`vis_utils.heatmap.render_heatmap` with the same arguments (see
-    the module docstring for the one exception). The TIFF's level 0 is the ``vis_level`` canvas
-    (the ROI's canvas with an ROI); its mpp is the slide's level-0 mpp times the ``vis_level``
-    downsample (per axis); ImageDescription names the slide, level and level-0 origin.
+    the module docstring for the one exception). The TIFF's level 0 is the whole ``vis_level``
+    level of the slide (its geometry, so the TIFF overlays the slide in a viewer); its mpp is the
+    slide's level-0 mpp times the ``vis_level`` downsample (per axis); ImageDescription names the
+    slide, level and level-0 origin (and the ROI).
+
+    With an ``roi`` the ROI's heatmap (``render_heatmap``'s ROI image, ``int(x2 * s) - int(x1 * s)``
+    px wide) sits at ``(int(x1 * s), int(y1 * s))`` of the level (``s`` = 1 / level downsample;
+    clipped to the level), the tiles of every pyramid level wholly outside it are written empty
+    (TileByteCounts 0: OpenSlide >= 4 reads them transparent, alpha 0) and the pixels of partly
+    covered tiles outside it are white (0 in the raw score map).
 
     Args:
         slide, scores, coords, patch_size_level0, vis_level, contours, style,
@@ -250,21 +283,38 @@ def render_heatmap_tiff(slide: Slide, scores: np.ndarray, coords: np.ndarray, *,
     dsx, dsy = slide.level_downsamples[plan.vis_level]
     mpp0 = getattr(slide, "mpp", None)
     mpp = None if mpp0 is None else (float(mpp0[0]) * dsx, float(mpp0[1]) * dsy)
-    if band_rows is None:
-        band_rows = max(1, BAND_TARGET_PX // max(w, 1) // CLAM_BLOCK) * CLAM_BLOCK
+    heat = band_renderer(slide, plan, contours, style)
+    place = None                   # with an ROI: where its canvas goes in the level's
+    sparse: dict = {}
     desc = (f"wsi-heatmaps heatmap of {slide.slide_id}; vis_level {plan.vis_level}; level "
             f"downsample {dsx:.6g}x{dsy:.6g}; level-0 origin "
             f"{plan.top_left[0]},{plan.top_left[1]}; "
             f"cmap {style.cmap}; alpha {style.alpha}")
-    out = write_pyramidal_tiff(out_path, band_renderer(slide, plan, contours, style),
-                               size=(w, h), mpp=mpp, tile_size=tile_size, compression=compression,
+    if roi is not None:    # the slide's geometry at vis_level, the ROI in its place
+        origin = tuple(int(v) for v in (np.array(plan.top_left) * plan.scale).astype(int))
+        canvas = tuple(int(v) for v in slide.level_dimensions[plan.vis_level])
+        place = dict(origin=origin, size=(w, h), canvas=canvas)
+        heat, box = _in_slide_geometry(heat, fill=(255, 255, 255), **place)
+        w, h = canvas
+        sparse = {"content_box": box}
+        desc = (f"wsi-heatmaps heatmap of {slide.slide_id}; vis_level {plan.vis_level}; level "
+                f"downsample {dsx:.6g}x{dsy:.6g}; level-0 origin 0,0; "
+                f"roi {','.join(str(int(v)) for v in roi)} (level-0 px x1,y1,x2,y2; at {box[0]},{box[1]}-"
+                f"{box[2]},{box[3]} px of this level, empty tiles outside); "
+                f"cmap {style.cmap}; alpha {style.alpha}")
+    if band_rows is None:
+        band_rows = max(1, BAND_TARGET_PX // max(w, 1) // CLAM_BLOCK) * CLAM_BLOCK
+    out = write_pyramidal_tiff(out_path, heat, size=(w, h), mpp=mpp, tile_size=tile_size, compression=compression,
                                quality=quality, description=desc, min_size=min_size,
-                               band_rows=band_rows)
+                               band_rows=band_rows, **sparse)
     raw_path = None
     if raw_scores:
         raw_path = Path(raw_scores)
-        write_pyramidal_tiff(raw_path, score_band_renderer(plan, style), size=(w, h), mpp=mpp,
+        grey = score_band_renderer(plan, style)
+        if place is not None:
+            grey, _ = _in_slide_geometry(grey, fill=0, **place)
+        write_pyramidal_tiff(raw_path, grey, size=(w, h), mpp=mpp,
                              tile_size=tile_size, compression="deflate",
                              description=desc.replace("heatmap of", "score map (255 * score) of"),
-                             min_size=min_size, band_rows=band_rows)
+                             min_size=min_size, band_rows=band_rows, fill=0, **sparse)
     return TiffHeatmap(out, raw_path)

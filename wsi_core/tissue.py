@@ -45,6 +45,9 @@ class SegmentationParams:
     keep_ids / exclude_ids: contour indices to keep / drop after filtering.
     a_t / a_h: minimum tissue / hole area in units of a ``ref_patch_size``² level-0 patch.
     max_n_holes: at most this many (largest) holes per tissue contour.
+    a_t_hints: ``(label, a_t)`` pairs the caller can offer the user (e.g. ``("preset bwh_biopsy",
+        1.0)``); when ``a_t`` rejects every piece, the :class:`NoTissueError` names those whose
+        ``a_t`` would keep the largest one. Not a segmentation parameter (ignored in comparisons).
     """
 
     seg_level: int = -1
@@ -59,6 +62,7 @@ class SegmentationParams:
     a_h: float = 8.0
     max_n_holes: int = 10
     ref_patch_size: int = 512
+    a_t_hints: tuple[tuple[str, float], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mthresh < 1 or self.mthresh % 2 == 0:
@@ -113,13 +117,15 @@ def _tissue_mask(rgb: np.ndarray, p: SegmentationParams) -> np.ndarray:
 
 def _filter_contours(
     contours: list[np.ndarray], hierarchy: np.ndarray, a_t: float, a_h: float, max_n_holes: int
-) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
-    """Outer contours with net area > a_t, and for each its <= max_n_holes largest holes > a_h.
+) -> tuple[list[np.ndarray], list[list[np.ndarray]], float]:
+    """Outer contours with net area > a_t, and for each its <= max_n_holes largest holes > a_h;
+    also the largest net area that ``a_t`` rejected (0.0 when none was).
 
     hierarchy: (n, 2) columns (first child, parent). Areas in seg_level px².
     """
     tissue: list[np.ndarray] = []
     holes: list[list[np.ndarray]] = []
+    rejected = 0.0
     parents = hierarchy[:, 1]
     for idx in np.flatnonzero(parents == -1):
         hole_ids = np.flatnonzero(parents == idx)
@@ -127,11 +133,24 @@ def _filter_contours(
             np.sum([cv2.contourArea(contours[h]) for h in hole_ids])
         )
         if area == 0 or not a_t < area:
+            rejected = max(rejected, float(area))
             continue
         tissue.append(contours[idx])
         cand = sorted((contours[h] for h in hole_ids), key=cv2.contourArea, reverse=True)
         holes.append([h for h in cand[:max_n_holes] if cv2.contourArea(h) > a_h])
-    return tissue, holes
+    return tissue, holes, rejected
+
+
+def _rejected_hint(rejected_a_t: float, params: SegmentationParams) -> str:
+    """What the a_t filter threw away, in ``a_t`` units, and which offered a_t would keep it."""
+    if rejected_a_t <= 0:
+        return "; no piece passed sthresh at all"
+    q = 10.0 ** (math.floor(math.log10(rejected_a_t)) - 2)     # 3 significant digits, rounded down:
+    x = f"{math.floor(rejected_a_t / q) * q:.3g}"               # "an a_t below x" must keep it
+    keep = [f"{label} (a_t {a_t:g})" for label, a_t in params.a_t_hints if a_t < rejected_a_t]
+    named = f", e.g. {', '.join(keep)}" if keep else ""
+    return (f"; the largest piece had area {x} (a_t units: {params.ref_patch_size}² level-0 px) and "
+            f"a_t={params.a_t:g} rejected it: an a_t below {x} keeps it{named}")
 
 
 def _scale(cont: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
@@ -150,7 +169,8 @@ def segment_tissue(slide: Slide, params: SegmentationParams) -> TissueContours:
     applies ``keep_ids`` / ``exclude_ids`` (ascending contour index).
 
     Raises:
-        NoTissueError: no contour survives.
+        NoTissueError: no contour survives; when ``a_t`` rejected them all, the message gives the
+            largest piece's area in ``a_t`` units and the ``params.a_t_hints`` that would keep it.
         ConfigError: seg_level does not exist, or keep_ids names a contour that does not exist.
     """
     level = resolve_level(slide, params.seg_level, name="seg_level", key="seg_level (preset or process-list column)")
@@ -161,9 +181,10 @@ def segment_tissue(slide: Slide, params: SegmentationParams) -> TissueContours:
     contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     tissue: list[np.ndarray] = []
     holes: list[list[np.ndarray]] = []
+    rejected = 0.0
     if hierarchy is not None and len(contours) > 0:
         hier = np.squeeze(hierarchy, axis=0)[:, 2:]
-        tissue, holes = _filter_contours(
+        tissue, holes, rejected = _filter_contours(
             list(contours), hier, params.a_t * ref_area, params.a_h * ref_area, params.max_n_holes
         )
     tissue = [_scale(c, (dsx, dsy)) for c in tissue]
@@ -171,10 +192,11 @@ def segment_tissue(slide: Slide, params: SegmentationParams) -> TissueContours:
     ids = _select_ids(len(tissue), params, slide.slide_id)
     out = TissueContours([tissue[i] for i in ids], [holes[i] for i in ids])
     if len(out) == 0:
+        hint = _rejected_hint(rejected / ref_area if ref_area else 0.0, params) if not tissue else ""
         raise NoTissueError(
             f"{slide.slide_id}: no tissue found at seg_level {level} (sthresh={params.sthresh}, "
             f"use_otsu={params.use_otsu}, a_t={params.a_t}, keep_ids={list(params.keep_ids)}, "
-            f"exclude_ids={list(params.exclude_ids)}); lower sthresh or a_t, or check keep_ids/"
+            f"exclude_ids={list(params.exclude_ids)}){hint}; lower sthresh or a_t, or check keep_ids/"
             "exclude_ids in the process list"
         )
     return out

@@ -93,3 +93,37 @@ def test_missing_and_bad_yaml_files(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(yaml.safe_dump(MINIMAL))
     assert load_config(ok).model_arguments.ckpt_path == "model.pt"
+
+
+@pytest.mark.parametrize("section,key,want", [
+    ("heatmap_arguments", "colormap", "heatmap_arguments.cmap"),
+    ("heatmap_arguments", "colourmap", "heatmap_arguments.cmap"),
+    ("heatmap_arguments", "color_map", "heatmap_arguments.cmap"),
+    ("heatmap_arguments", "score_colormap", "heatmap_arguments.score_cmap"),
+    ("model_arguments", "in_dim", "model_arguments.embed_dim"),
+    ("model_arguments", "feature_dim", "model_arguments.embed_dim"),
+    ("patching_arguments", "overlap_ratio", "patching_arguments.overlap"),
+    ("model_arguments", "ckpt", "model_arguments.ckpt_path"),
+])
+def test_common_synonyms_are_suggested(section, key, want):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"model_arguments": {"ckpt_path": "m.pt"}, section: {key: 1}} if section != "model_arguments"
+                     else {"model_arguments": {"ckpt_path": "m.pt", key: 1}}, source="c.yaml")
+    assert str(err.value) == f"c.yaml: unknown key '{section}.{key}'; did you mean '{want}'?"
+
+
+def test_synonyms_in_overrides_other_sections_and_enum_values():
+    cfg = parse_config(MINIMAL)
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(cfg, ["heatmap_arguments.colormap=viridis"])
+    assert str(err.value) == "--set: unknown key 'heatmap_arguments.colormap'; did you mean 'heatmap_arguments.cmap'?"
+    with pytest.raises(ConfigError, match=r"unknown key 'heatmap_arguments.in_dim'; did you mean "
+                                          r"'model_arguments.embed_dim'\? \(embed_dim belongs to model_arguments\)"):
+        apply_overrides(cfg, ["heatmap_arguments.in_dim=1536"])
+    with pytest.raises(ConfigError, match=r"unknown key 'model_arguments.checkpoint'; did you mean 'model_arguments.ckpt_path'"):
+        parse_config({"model_arguments": {"ckpt_path": "m.pt", "checkpoint": "m.pt"}})
+    for mode in ("bottomk", "bottom_k"):
+        with pytest.raises(ConfigError) as err:
+            parse_config({**MINIMAL, "sample_arguments": {"samples": [{"name": "low", "mode": mode}]}}, source="c.yaml")
+        assert str(err.value) == (f"c.yaml: sample_arguments.samples.0.mode = '{mode}' is invalid: Input should be "
+                                  "'topk', 'reverse_topk' or 'range_sample'; did you mean 'reverse_topk'?")

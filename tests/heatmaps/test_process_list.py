@@ -94,3 +94,23 @@ def test_output_names_match_clam_reference(clam_reference_dir, tmp_path):
 def test_clam_presets_ship(name, a_t, a_h, line):
     preset = load_preset(f"presets/{name}.csv")
     assert (preset["a_t"], preset["a_h"], preset["line_thickness"]) == (a_t, a_h, line)
+
+
+@pytest.mark.parametrize("slide_id,area", [("CMU-1-Small-Region", "8.99"), ("tcga-cr-7395-01a-01-ts1", "37.6")])
+def test_no_tissue_with_clam_defaults_names_the_area_and_a_preset(slides_dir, slide_id, area):
+    """CLAM's defaults (no preset: a_t 50) keep nothing of these small slides; the message says how
+    large the largest piece was and which shipped preset keeps it."""
+    from heatmaps.process_list import initialize_process_list, preset_a_t_hints
+    from wsi_core.errors import NoTissueError
+    from wsi_core.slide import open_slide
+    from wsi_core.tissue import segment_tissue
+
+    assert preset_a_t_hints() == (("preset bwh_biopsy", 1.0), ("preset tcga", 16.0), ("preset bwh_resection", 100.0))
+    df = initialize_process_list(pd.DataFrame({"slide_id": [slide_id]}), load_preset(None))
+    task = slide_task(df.iloc[0], DataArguments(data_dir=str(slides_dir)), use_roi=False)
+    with open_slide(task.slide_path) as slide, pytest.raises(NoTissueError) as ei:
+        segment_tissue(slide, task.seg_params)
+    msg = str(ei.value)
+    assert f"the largest piece had area {area} (a_t units: 512² level-0 px) and a_t=50 rejected it" in msg
+    assert f"an a_t below {area} keeps it, e.g. preset bwh_biopsy (a_t 1)" in msg
+    assert ("preset tcga (a_t 16)" in msg) == (float(area) > 16) and "bwh_resection" not in msg

@@ -255,4 +255,115 @@ def test_blur_banded_equals_render_heatmap_at_level0(tmp_path):
     ref = render_heatmap(slide, scores, coords, **kw)
     res = render_heatmap_tiff(slide, scores, coords, **kw, out_path=tmp_path / "b.tif",
                               compression="deflate", band_rows=128)
-    assert np.array_equal(_read(res.heatmap), ref)
+    assert np.array_equal(_read(res.heatmap)[30:990, 50:870], ref)      # the ROI in its place
+
+
+# ------------------------------------------------------------- sparse TIFFs: an ROI in the slide's geometry
+
+def _roi_case():
+    slide = FakeSlide(_image(1300, 1100), [(650, 550)], slide_id="fake")
+    coords, scores = _grid(1300, 1100, 256, 128, 7)
+    contours = TissueContours(
+        tissue=[cv2.ellipse2Poly((650, 550), (600, 500), 0, 0, 360, 3).reshape(-1, 1, 2).astype(np.int32)],
+        holes=[[]])
+    return slide, coords, scores, contours
+
+
+def _rgba(path, level=0) -> np.ndarray:
+    with openslide.OpenSlide(str(path)) as osr:
+        return np.asarray(osr.read_region((0, 0), level, osr.level_dimensions[level]))
+
+
+def test_empty_tiles_are_transparent_in_openslide(tmp_path, picture):
+    """content_box: tiles of every level wholly outside it have byte count 0 (never encoded) and
+    OpenSlide >= 4 reads them with alpha 0; a band given as None stands for fill rows."""
+    box = (300, 260, 520, 400)
+    masked = np.full_like(picture, 255)
+    masked[260:400, 300:520] = picture[260:400, 300:520]
+    calls = []
+
+    def band(y0, y1):
+        calls.append((y0, y1))
+        return None if y1 <= 260 else masked[y0:y1]
+
+    out = write_pyramidal_tiff(tmp_path / "s.tif", band, size=(700, 530), mpp=None, compression="deflate",
+                               min_size=100, band_rows=128, content_box=box)
+    assert calls[0] == (0, 128)
+    with tifffile.TiffFile(out) as tf:
+        level0 = tf.pages[0]
+        counts = np.array(level0.databytecounts).reshape(3, 3)      # 256-px tiles of 700 x 530
+        offsets = np.array(level0.dataoffsets).reshape(3, 3)
+    assert (counts[1:2, 1:3] > 0).all() and counts.sum() == counts[1, 1] + counts[1, 2]   # tiles (1,1), (1,2)
+    assert (offsets[counts == 0] == 0).all()
+    rgba = _rgba(out)
+    assert (rgba[:256, :, 3] == 0).all() and (rgba[256:512, :256, 3] == 0).all()
+    assert np.array_equal(rgba[260:400, 300:520, :3], picture[260:400, 300:520])
+    assert (rgba[256:512, 256:700, 3] == 255).all()
+    with pytest.raises(ValueError, match="overlap the content box"):
+        write_pyramidal_tiff(tmp_path / "x.tif", lambda a, b: None, size=(700, 530), mpp=None, content_box=box)
+
+
+def test_roi_tiff_keeps_the_slide_geometry(tmp_path):
+    """The ROI's heatmap sits at its place of the vis_level level: the same pixels as render_heatmap's
+    ROI image (lossless), transparent (alpha 0) where whole tiles lie outside the ROI, the ROI in
+    the description; the raw score map likewise."""
+    slide, coords, scores, contours = _roi_case()
+    roi = (300, 420, 1000, 800)
+    for level, scale in ((0, 1), (1, 2)):
+        kw = dict(patch_size_level0=(256, 256), vis_level=level, contours=contours,
+                  style=HeatmapStyle(alpha=0.5, overlap=0.5), convert_to_percentiles=True, roi=roi)
+        ref = render_heatmap(slide, scores, coords, **kw)
+        res = render_heatmap_tiff(slide, scores, coords, **kw, out_path=tmp_path / f"r{level}.tif",
+                                  raw_scores=tmp_path / f"r{level}_scores.tif", compression="deflate", min_size=200)
+        rgba = _rgba(res.heatmap)
+        x0, y0 = roi[0] // scale, roi[1] // scale
+        h, w = ref.shape[:2]
+        assert rgba.shape[:2] == slide.level_dimensions[level][::-1]
+        assert np.array_equal(rgba[y0:y0 + h, x0:x0 + w, :3], ref) and (rgba[y0:y0 + h, x0:x0 + w, 3] == 255).all()
+        assert rgba[0, 0, 3] == (0 if level == 0 else 255)        # level 1: tile (0, 0) touches the ROI
+        assert (rgba[:256, 1024:, 3] == 0).all() if level == 0 else True
+        with openslide.OpenSlide(str(res.heatmap)) as osr:
+            assert "roi 300,420,1000,800 (level-0 px x1,y1,x2,y2" in osr.properties["openslide.comment"]
+        raw = _rgba(res.scores)
+        assert raw.shape[:2] == rgba.shape[:2] and raw[y0:y0 + h, x0:x0 + w, 3].min() == 255
+
+
+# sha256 of non-ROI TIFFs as written before empty-tile support (commit 7454a58, opencv-python-headless
+# 5.0.0, zlib 1.2.13): the non-ROI output must not change by a byte. Another OpenCV/zlib build may encode
+# the same pixels differently; the test then only checks that two writes are identical.
+NON_ROI_SHA256 = {
+    ("jpeg", 0): "da0520a1f920d6fe1479c782f82dcb5e40b2d06e5cff1aa679228ec871923742",
+    ("jpeg", 1): "a6a886e145db8eaec45e3c82529e3adb1e7ef32936d833b6bef589fccf264b7e",
+    ("deflate", 0): "b0e180a91bf59b739a52bcbae79db648af9c30e0c1654641b5b6ccbbd6f2c7be",
+    ("deflate", 1): "9816184802ccdb02f444b204e1331b1ed44828d56d06b55e1394b1b766010c86",
+}
+
+
+@pytest.mark.parametrize("compression,level", sorted(NON_ROI_SHA256))
+def test_non_roi_tiff_is_byte_identical_to_before(tmp_path, compression, level):
+    import hashlib
+    import zlib
+
+    def image(w, h):       # the inputs the recorded hashes were computed with
+        y, x = np.mgrid[:h, :w]
+        img = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), np.full_like(x, 200)],
+                       axis=-1).astype(np.uint8)
+        img[40:140, 60:200] = (255, 0, 0)
+        return img
+
+    slide = FakeSlide(image(1300, 1100), [(650, 550)], slide_id="fake")
+    xs, ys = np.meshgrid(np.arange(0, 1300 - 64, 128), np.arange(0, 1100 - 64, 128))
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64)
+    scores = np.random.default_rng(7).random(len(coords)).astype(np.float32)
+    contours = TissueContours(tissue=[cv2.ellipse2Poly((650, 550), (600, 500), 0, 0, 360, 3)
+                                      .reshape(-1, 1, 2).astype(np.int32)], holes=[[]])
+    digests = []
+    for i in range(2):
+        out = render_heatmap_tiff(slide, scores, coords, patch_size_level0=(256, 256), vis_level=level,
+                                  contours=contours, style=HeatmapStyle(alpha=0.5, overlap=0.5),
+                                  convert_to_percentiles=True, out_path=tmp_path / f"h{i}.tif",
+                                  compression=compression, min_size=300).heatmap
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    if cv2.__version__ == "5.0.0" and zlib.ZLIB_RUNTIME_VERSION == "1.2.13":
+        assert digests[0] == NON_ROI_SHA256[(compression, level)]

@@ -155,6 +155,22 @@ def test_no_tissue_message(slides_dir: Path) -> None:
     assert "lower sthresh or a_t" in msg
 
 
+def test_no_tissue_names_the_largest_rejected_piece_and_the_a_t_that_keeps_it() -> None:
+    """a_t rejected every piece: the message gives the largest one's area in a_t units (512^2
+    level-0 px) and names the caller's offered a_t values that would keep it, and only those."""
+    slide = _synthetic([], blobs=2)          # 150^2 + 80^2 px at ds 4: areas 1.35 and 0.38 a_t units
+    hints = (("preset small", 1.0), ("preset big", 50.0))
+    with pytest.raises(NoTissueError) as ei:
+        segment_tissue(slide, SegmentationParams(a_t=2, mthresh=5, a_t_hints=hints))
+    msg = str(ei.value)
+    assert ("the largest piece had area 1.35 (a_t units: 512² level-0 px) and a_t=2 rejected it: "
+            "an a_t below 1.35 keeps it, e.g. preset small (a_t 1);") in msg
+    assert "preset big" not in msg and "\n" not in msg
+    assert SegmentationParams(a_t=2, a_t_hints=hints) == SegmentationParams(a_t=2)   # not a parameter
+    with pytest.raises(NoTissueError, match=r"; no piece passed sthresh at all; lower sthresh"):
+        segment_tissue(slide, SegmentationParams(sthresh=255, mthresh=5))
+
+
 def test_bad_params() -> None:
     with pytest.raises(ConfigError, match="mthresh=10"):
         SegmentationParams(mthresh=10)
