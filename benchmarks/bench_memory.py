@@ -8,7 +8,7 @@ the child's ``ru_maxrss``), at CLAM's batch sizes:
   (``../shared/mil/clam_demo_parisa``, batch 384, overlap 0.5, the seeded encoder with
   ``features_check: off`` so the whole fine pass is encoded).
 
-    python benchmarks/bench_memory.py [--max-memory-gb 1.5]
+    python benchmarks/bench_memory.py [--max-memory-gb 1.4]
 
 Run alone on the 2-core machine: other processes do not change the peak, but make it slower.
 """
@@ -66,7 +66,7 @@ def run(kind: str, batch: int, mem: float) -> tuple[float, float, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--max-memory-gb", type=float, default=1.5)
+    ap.add_argument("--max-memory-gb", type=float, default=1.4)
     ap.add_argument("--case", choices=["reference-64", "reference-384", "cptac-384"], default=None,
                     help="one case (each case needs its own process for an exact peak)")
     args = ap.parse_args()

@@ -53,7 +53,7 @@ class ExpArguments(_Section):
     num_workers: int | None = Field(None, ge=0, description="(wsi-heatmaps) patch-reading worker processes feeding the encoder; null = automatic: 0 on CPU (read between encoder batches), up to 4 on CUDA")
     batch_size_infer: int = Field(512, ge=1, description="(wsi-heatmaps) patches per attention batch of the fine pass (batch_size is the encoder's)")
     cache_dir: str | None = Field(None, description="(wsi-heatmaps) feature cache: features keyed by slide content, encoder weights and patch parameters are reused across runs")
-    max_memory_gb: float = Field(1.5, gt=0, description="(wsi-heatmaps) memory target of a CPU run, GiB: the encoder's batches are cut to fit it (1 GiB is kept for Python, torch, the models and slide buffers); GPU runs are bounded by batch_size")
+    max_memory_gb: float = Field(1.4, gt=0, description="(wsi-heatmaps) memory target of a CPU run, GiB: the encoder's batches are cut to fit it (1 GiB is kept for Python, torch, the models and slide buffers); GPU runs are bounded by batch_size")
 
 
 class DataArguments(_Section):

@@ -63,7 +63,7 @@ def test_overrides_and_save_exp_code(make_fast_config, tmp_path):
                      "--set", "heatmap_arguments.cmap=viridis", "--set", "heatmap_arguments.save_ext=png"])
     assert code == 0
     prod = tmp_path / "prod" / "RUN2" / "class_a"
-    assert len(list(prod.glob("CMU-1-Small-Region_0.0_roi_0_*_l_-1_bi_0_-1.0.png"))) == 1
+    assert len(list(prod.glob("CMU-1-Small-Region_0.0_roi_0_*_l_-1_bi_0_-1.0_cmap_viridis.png"))) == 1   # non-default cmap named
     effective = yaml.safe_load((tmp_path / "raw" / "RUN2" / "config.yaml").read_text())
     assert effective["heatmap_arguments"]["cmap"] == "viridis"
     assert effective["exp_arguments"]["save_exp_code"] == "RUN2"
