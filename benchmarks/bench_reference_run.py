@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--num-workers", type=int, default=None, help="patch-reading workers (default: the config's)")
     ap.add_argument("--batch-size", type=int, default=None, help="encoder batch (default: CLAM's config value, 64)")
+    ap.add_argument("--max-memory-gb", type=float, default=None, help="exp_arguments.max_memory_gb (default: the config default)")
     args = ap.parse_args()
     t_start = time.perf_counter()
     import torch
@@ -47,6 +48,8 @@ def main() -> None:
             exp["num_workers"] = args.num_workers
         if args.batch_size is not None:
             exp["batch_size"] = args.batch_size
+        if args.max_memory_gb is not None:
+            exp["max_memory_gb"] = args.max_memory_gb
         cfg = reference_config(ref, "real_sb", out, exp_arguments=exp)
         t0 = time.perf_counter()
         summary = run_config(cfg, progress=False, device="cpu")

@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             continue
         done = len(summary.processed)
-        log.info("%s: %d slides processed, %d failed, %d patches encoded, %.1f s; results: %s",
-                 name, done, len(summary.failed), summary.n_encoded, summary.seconds, summary.results_csv)
+        maps = Path(cfg.exp_arguments.production_save_dir) / cfg.exp_arguments.save_exp_code
+        log.info("%s: %d slides processed, %d failed, %d patches encoded, %.1f s; heatmaps in %s; results: %s",
+                 name, done, len(summary.failed), summary.n_encoded, summary.seconds, maps, summary.results_csv)
         failed |= bool(summary.failed)
     return 1 if failed else 0

@@ -29,6 +29,9 @@ band by band from a callable and each band is downsampled into the next level's 
 the IFDs (tile offsets) are written at the end. Memory: one band of level 0 plus fewer than
 ``2 * tile_size`` pending rows per level, whatever the image size. Written atomically
 (:func:`wsi_core.io.atomic_path`).
+
+(Over 400 lines for one job: the streaming TIFF writer, kept in one module so the tag layout, the
+level buffers and the empty-tile rules are read together.)
 """
 from __future__ import annotations
 

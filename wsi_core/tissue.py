@@ -4,6 +4,9 @@ Contours are OpenCV contours in **level-0 px**: ``(K, 1, 2)`` int32 arrays of ``
 :class:`TissueContours` holds the tissue contours and, per tissue contour, its hole contours.
 They are stored as GeoJSON (:func:`save_contours_geojson`) and can be read back from CLAM's
 ``<slide_id>_mask.pkl`` with a restricted unpickler (:func:`load_clam_mask_pkl`).
+
+(Just over 400 lines: one concept - CLAM's tissue contours, their making, their two file formats
+and their preview - kept together so the contour conventions are read in one place.)
 """
 from __future__ import annotations
 
