@@ -16,7 +16,7 @@ from PIL import Image
 from heatmaps.config import parse_config
 from heatmaps.layout import slide_outputs, style_json_path
 from heatmaps.run import run_config
-from wsi_core.errors import CheckpointError
+from wsi_core.errors import CheckpointError, ConfigError
 from wsi_core.formats import write_trident_features_h5
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
@@ -212,3 +212,11 @@ def test_the_process_list_is_never_written(make_fast_config, tmp_path):
     run_config(cfg, progress=False)
     assert (tmp_path / "process_list.csv").read_bytes() == before
     assert list(pd.read_csv(tmp_path / "results" / "process_list.csv")["status"])[0] == "processed"
+
+
+def test_a_label_dict_that_disagrees_with_the_checkpoint_fails_the_run_before_any_slide(make_fast_config, tmp_path):
+    rows = [{"slide_id": "CMU-1-Small-Region", "label": "a"}]
+    cfg = make_fast_config(tmp_path, rows, data_arguments={"label_dict": {"a": 0, "b": 1, "c": 2}})
+    with pytest.raises(ConfigError, match=r"label_dict .* names 3 classes but the checkpoint ckpt_clam_sb_seed0.pt has 2"):
+        run_config(cfg, progress=False)
+    assert not (tmp_path / "results").exists()
