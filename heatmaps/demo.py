@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vis_utils.tiff import write_pyramidal_tiff
 from wsi_core.io import atomic_path
 from wsi_core.synthetic import DOWNSAMPLES, MPP, DemoSlide, grid_coords, rank_auc, render_demo_slide
 
@@ -39,26 +40,13 @@ TARGET_IMG_SIZE = 224        # must match encoder_arguments.target_img_size in c
 
 
 def _write_demo_tiff(path: Path, rgb: np.ndarray, description: str) -> None:
-    """Atomic OpenSlide generic-tiff pyramid: one 256-tiled zlib RGB page per downsample of
-    :data:`wsi_core.synthetic.DOWNSAMPLES` (1, 4, 16; each level a direct INTER_AREA reduction
-    of level 0), resolution tags ``1e4 / MPP`` px/cm per level.
-
-    Not ``vis_utils.tiff.write_pyramidal_tiff``: that writer halves every level (downsamples
-    1, 2, 4, 8, 16), and the demo's pyramid is 1, 4, 16 (``configs/demo.yaml``'s ``vis_level: 1``
-    is downsample 4). It moves there once that writer takes the level downsamples.
-    """
-    import cv2
-    import tifffile
-
+    """The demo slide through the project's one pyramid writer: lossless deflate tiles, level
+    downsamples :data:`wsi_core.synthetic.DOWNSAMPLES` (1, 4, 16: every second halving),
+    ``MPP`` µm/px at level 0. Atomic."""
     h0, w0 = rgb.shape[:2]
-    px_per_cm = 1e4 / MPP
-    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tw:
-        for i, d in enumerate(DOWNSAMPLES):
-            lvl = rgb if d == 1 else cv2.resize(rgb, (w0 // d, h0 // d), interpolation=cv2.INTER_AREA)
-            tw.write(lvl, tile=(TILE, TILE), photometric="rgb", compression="zlib",
-                     compressionargs={"level": 6}, metadata=None, software="wsi-heatmaps demo",
-                     resolution=(px_per_cm / d, px_per_cm / d), resolutionunit="CENTIMETER",
-                     subfiletype=0 if i == 0 else 1, description=description if i == 0 else None)
+    step = int(round(np.log2(DOWNSAMPLES[1])))
+    write_pyramidal_tiff(path, rgb, size=(w0, h0), mpp=(MPP, MPP), tile_size=TILE, compression="deflate",
+                         description=description, min_size=max(w0, h0) // DOWNSAMPLES[-1], level_step=step)
 
 
 def make_demo_slide(path: str | Path, *, seed: int, size: tuple[int, int] = (4096, 3072),

@@ -320,7 +320,7 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
                          description: str = "", min_size: int = 1024, band_rows: int = 1024,
                          bigtiff: bool | None = None,
                          content_box: tuple[int, int, int, int] | None = None,
-                         fill: int | tuple[int, int, int] = (255, 255, 255)) -> Path:
+                         fill: int | tuple[int, int, int] = (255, 255, 255), level_step: int = 1) -> Path:
     """Write a tiled pyramidal TIFF from bands of level 0 (see the module docstring).
 
     Args:
@@ -344,6 +344,9 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
             box must be ``fill`` (they are seen by partly covered tiles).
         fill: the pixel of a band given as None (needs ``content_box``): an RGB triple (default
             white), or one int for a grey image.
+        level_step: write every ``level_step``-th halving only (2: downsamples 1, 4, 16, ...); the
+            levels between are computed (each written level is still the exact chain of 2x2 box
+            means) but not written.
 
     Returns:
         The written path.
@@ -359,9 +362,11 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
         raise ConfigError(f"unknown TIFF compression {compression!r}; use one of "
                           f"{sorted(COMPRESSIONS)}")
     w, h = (int(v) for v in size)
-    if w < 1 or h < 1 or tile_size < 16 or tile_size % 16 or not 1 <= int(quality) <= 100:
+    level_step = int(level_step)
+    if w < 1 or h < 1 or tile_size < 16 or tile_size % 16 or not 1 <= int(quality) <= 100 or level_step < 1:
         raise ConfigError(f"write_pyramidal_tiff {path}: size {w}x{h}, tile_size {tile_size} "
-                          f"(multiple of 16) and quality {quality} (1-100) must be valid")
+                          f"(multiple of 16), quality {quality} (1-100) and level_step {level_step} (>= 1) "
+                          "must be valid")
     sizes = pyramid_sizes((w, h), min_size=min_size)
     band_iter = _bands(tiles, w, h, max(1, int(band_rows)))
     if content_box is not None:
@@ -380,6 +385,10 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
 
         def feed(i: int, rows: np.ndarray) -> None:
             lv = levels[i]
+            if i % level_step:          # a level between written ones: only passed down
+                if i + 1 < len(levels) and len(rows):
+                    feed(i + 1, downs[i](rows))
+                return
             for chunk in lv.push(rows):
                 base = lv.tiles_done
                 keep = lv.content_tiles(base // lv.ntx)
@@ -403,7 +412,8 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
             feed(0, band)
             band = None                     # free this band before the next one is rendered
             band = next(band_iter, None)
-        if rows_seen != h or any(lv.tiles_done != lv.ntx * lv.nty for lv in levels):
+        written = [(i, lv) for i, lv in enumerate(levels) if i % level_step == 0]
+        if rows_seen != h or any(lv.tiles_done != lv.ntx * lv.nty for _, lv in written):
             raise ValueError(f"write_pyramidal_tiff {path}: the bands gave {rows_seen} rows, "
                              f"expected {h}")
         photometric = (6 if comp == "jpeg" else 2) if samples == 3 else 1
@@ -412,7 +422,7 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
                        res=None if mpp is None else (1e4 / (mpp[0] * w / lv.w),
                                                      1e4 / (mpp[1] * h / lv.h)),
                        description=description, big=bool(bigtiff))
-            for i, lv in enumerate(levels)
+            for i, lv in written
         ]
         out.write_ifds(ifds)
     return Path(path)

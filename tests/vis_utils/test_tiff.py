@@ -367,3 +367,19 @@ def test_non_roi_tiff_is_byte_identical_to_before(tmp_path, compression, level):
     assert digests[0] == digests[1]
     if cv2.__version__ == "5.0.0" and zlib.ZLIB_RUNTIME_VERSION == "1.2.13":
         assert digests[0] == NON_ROI_SHA256[(compression, level)]
+
+
+def test_level_step_writes_every_second_halving(tmp_path):
+    """level_step 2: downsamples 1, 4, 16 (the demo slide's pyramid), each the chain of 2x2 means."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, size=(768, 1024, 3), dtype=np.uint8)
+    path = write_pyramidal_tiff(tmp_path / "s.tiff", img, size=(1024, 768), mpp=(0.5, 0.5), compression="deflate",
+                                min_size=64, level_step=2)
+    with openslide.OpenSlide(str(path)) as s:
+        assert s.level_dimensions == ((1024, 768), (256, 192), (64, 48))
+        assert [round(d) for d in s.level_downsamples] == [1, 4, 16]
+        assert float(s.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+        lvl0 = np.asarray(s.read_region((0, 0), 0, (1024, 768)).convert("RGB"))
+    assert np.array_equal(lvl0, img)                                     # lossless level 0
+    with pytest.raises(ConfigError, match="level_step 0"):
+        write_pyramidal_tiff(tmp_path / "t.tiff", img, size=(1024, 768), mpp=None, level_step=0)
