@@ -36,7 +36,7 @@ from .layout import SlideOutputs
 
 __all__ = ["Bag", "FeaturesMismatch", "CHECK_SAMPLE", "CHECK_MIN_COSINE", "CHECK_MAX_REL_DIFF",
            "own_bag", "extracted_bag", "check_bag_width", "check_provided_features", "fine_pass_features",
-           "bag_footprint", "check_bag_coords"]
+           "check_bag_coords", "provided_matches_encoder"]
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,6 @@ class Bag:
 
 class FeaturesMismatch(Exception):
     """The run's encoder does not reproduce the provided features (the one-line reason)."""
-
-
-def bag_footprint(bag: FeatureBag, default: int) -> int | None:
-    """The bag's patch side in level-0 px from TRIDENT's ``patch_size_level0`` attribute, else None
-    (CLAM's files do not record it; the config's ``default`` is then assumed)."""
-    v = bag.attrs.get("patch_size_level0")
-    return None if v is None else int(v)
 
 
 def check_bag_coords(bag: FeatureBag, slide: Slide) -> None:

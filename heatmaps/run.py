@@ -148,7 +148,7 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
         ("features_path" in todo.columns and todo["features_path"].notna().any())
     ctx.prepare(encoder_required=not provided)
 
-    cfg_path = write_effective_config(cfg)
+    write_effective_config(cfg)
     results_csv = results_csv_path(cfg, pl_path)
     if pl_path is None:   # built from data_dir: keep the generated list beside the raw outputs
         write_csv(df, autogen_process_list_path(cfg))
