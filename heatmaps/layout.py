@@ -112,6 +112,14 @@ class SlideOutputs:
     def sample_png(self, label: Any, pred: int, name: str, rank: int, x: int, y: int, percentile: float) -> Path:
         return self.sample_dir(label, pred, name) / f"{rank}_{self.slide_id}_x_{x}_y_{y}_a_{percentile:.3f}.png"
 
+    def qupath_tiles(self, *, gzipped: bool = False) -> Path:
+        """The fine-pass patches as QuPath tiles: ``{slide_id}_tiles.geojson[.gz]`` (production dir)."""
+        return self.production_dir / f"{self.slide_id}_tiles.geojson{'.gz' if gzipped else ''}"
+
+    def qupath_tissue(self, *, gzipped: bool = False) -> Path:
+        """The tissue as QuPath annotations: ``{slide_id}_tissue_annotations.geojson[.gz]``."""
+        return self.production_dir / f"{self.slide_id}_tissue_annotations.geojson{'.gz' if gzipped else ''}"
+
     @property
     def state_json(self) -> Path:
         """Per-slide state (status, numbers) beside the raw outputs."""

@@ -11,6 +11,6 @@ Stages, in order: ``tissue`` (contours known), ``blockmap`` (first pass scored),
 from __future__ import annotations
 
 from .base import STAGES, WRITERS, SlideArtifacts, Writer, register_writer, run_writers, writers_for
-from . import images, samples, scoremaps  # noqa: F401,E402  (register the built-in writers)
+from . import images, qupath, samples, scoremaps  # noqa: F401,E402  (register the built-in writers)
 
 __all__ = ["STAGES", "SlideArtifacts", "Writer", "WRITERS", "register_writer", "writers_for", "run_writers"]
