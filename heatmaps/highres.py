@@ -17,17 +17,19 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from vis_utils import HeatmapStyle
+from vis_utils import HeatmapStyle, rank_percentiles
 from wsi_core.errors import ConfigError
-from wsi_core.formats import read_scores, scores_are_percentiles, write_coords_h5
+from wsi_core.formats import (ATTENTION_RAW, has_raw_scores, read_raw_scores, read_scores, scores_are_percentiles,
+                              write_coords_h5)
+from wsi_core.qupath import write_qupath_annotations, write_qupath_tiles
 from wsi_core.levels import patch_footprint_level0, resolve_level
 from wsi_core.slide import open_slide
 from wsi_core.tissue import SegmentationParams, TissueContours, load_clam_mask_pkl, load_contours_geojson, segment_tissue
 
 from .cli_args import HIGHRES_ALPHA, check_label_dict
 from .config import HeatmapConfig, apply_overrides, parse_config
-from .layout import (contour_files, coords_h5_path, highres_work_dir, score_file_kind, scores_tiff_path,
-                     slide_outputs)
+from .layout import (contour_files, coords_h5_path, highres_work_dir, qupath_companions, score_file_kind,
+                     scores_tiff_path, slide_outputs)
 from .process_list import ROI_COLUMNS, SlideTask, initialize_process_list, load_preset, slide_stem, slide_task
 from .writers.images import write_heatmap
 
@@ -88,6 +90,7 @@ class HighresRequest:
     batch_size_infer: int = 512
     roi: tuple[int, int, int, int] | None = None
     raw_scores: bool = False
+    geojson: bool = False
     overlap: float | None = None
     overrides: tuple[str, ...] = ()
     label_dict: dict[str, int] = field(default_factory=dict)
@@ -131,7 +134,8 @@ def build_config(req: HighresRequest, model: MILModel) -> HeatmapConfig:
         "model_arguments": {"ckpt_path": req.checkpoint, "model_type": req.model_type, "model_size": None,
                             "embed_dim": int(model.in_dim)},
         "heatmap_arguments": {"vis_level": req.vis_level, "alpha": req.alpha, "cmap": req.cmap, "save_ext": ext,
-                              "save_orig": False, "use_roi": req.roi is not None, "raw_scores": bool(req.raw_scores)},
+                              "save_orig": False, "use_roi": req.roi is not None, "raw_scores": bool(req.raw_scores),
+                              "save_geojson": bool(req.geojson)},
         "sample_arguments": {"samples": []},
     }
     cfg = parse_config(data, source="command line")
@@ -188,6 +192,10 @@ def finish_highres(cfg: HeatmapConfig, task: SlideTask, output: str) -> Path:
     os.replace(so.heatmap(cfg), out)
     if cfg.heatmap_arguments.raw_scores and scores_tiff_path(so.heatmap(cfg)).is_file():
         os.replace(scores_tiff_path(so.heatmap(cfg)), scores_tiff_path(out))
+    if cfg.heatmap_arguments.save_geojson:
+        for made, there in zip((so.qupath_tiles(), so.qupath_tissue()), qupath_companions(out)):
+            if made.is_file():
+                os.replace(made, there)
     fine = read_scores(so.overlap_h5())
     p = cfg.patching_arguments
     write_coords_h5(coords_h5_path(out), fine.coords, fine.scores, patch_size=p.patch_size, step=cfg.step_size,
@@ -225,5 +233,13 @@ def rerender(req: HighresRequest) -> Path:
                   style=HeatmapStyle(cmap=req.cmap, alpha=req.alpha), convert_to_percentiles=not percentile, roi=req.roi)
         write_heatmap(slide, sf.scores, sf.coords, Path(req.output),
                       raw_scores=scores_tiff_path(req.output) if req.raw_scores and ext == "tiff" else None, **kw)
+        if req.geojson:
+            tiles, tissue = qupath_companions(req.output)
+            pct = sf.scores if percentile else rank_percentiles(sf.scores)
+            measurements = {"attention_percentile": pct}
+            if has_raw_scores(scores_path):
+                measurements[ATTENTION_RAW] = read_raw_scores(scores_path).attention
+            write_qupath_tiles(tiles, sf.coords, footprint, measurements)
+            write_qupath_annotations(tissue, kw["contours"])
     log.info("%s: %d patches re-rendered at level %d -> %s", scores_path.name, len(sf.coords), level, req.output)
     return Path(req.output)

@@ -239,6 +239,12 @@ def scores_tiff_path(out_path: str | os.PathLike[str]) -> Path:
     return p.with_name(f"{p.stem}_scores.tif")
 
 
+def qupath_companions(out_path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``{output stem}_tiles.geojson`` and ``{output stem}_tissue_annotations.geojson`` beside a heatmap."""
+    p = Path(out_path)
+    return p.with_name(f"{p.stem}_tiles.geojson"), p.with_name(f"{p.stem}_tissue_annotations.geojson")
+
+
 def highres_work_dir(out_path: str | os.PathLike[str]) -> Path:
     """``{output stem}_work/`` beside a high-resolution heatmap: the run's raw outputs
     (features, blockmap, fine-pass H5, tissue contours), reused by a rerun."""

@@ -118,3 +118,23 @@ def test_unknown_checkpoint_width_lists_the_encoders(slides_dir, tmp_path, capsy
                      "--output", str(tmp_path / "o.tiff")])
     err = capsys.readouterr().err
     assert code == 1 and "384-d" in err and "uni_v2" in err and "virchow2" in err
+
+
+def test_geojson_beside_the_one_slide_output_and_the_rerender(ref, slides_dir, tmp_path):
+    import json
+
+    out = tmp_path / "cmu.png"
+    assert cli_main(_args(ref, slides_dir / "CMU-1-Small-Region.svs", out, "--overlap", "0.5", "--vis_level", "0",
+                          "--geojson")) == 0
+    tiles = json.loads((tmp_path / "cmu_tiles.geojson").read_text())
+    with h5py.File(tmp_path / "cmu_coords.h5") as f:
+        assert len(tiles["features"]) == len(f["coords"]) == 121
+    assert (tmp_path / "cmu_tissue_annotations.geojson").is_file()
+    again = tmp_path / "again.png"
+    assert cli_main(["--scores", str(tmp_path / "cmu_coords.h5"), "--slide", str(slides_dir / "CMU-1-Small-Region.svs"),
+                     "--output", str(again), "--vis_level", "0", "--geojson", "--quiet"]) == 0
+    re_tiles = json.loads((tmp_path / "again_tiles.geojson").read_text())
+    assert [f["geometry"] for f in re_tiles["features"]] == [f["geometry"] for f in tiles["features"]]
+    a = [f["properties"]["measurements"]["attention_percentile"] for f in tiles["features"]]
+    b = [f["properties"]["measurements"]["attention_percentile"] for f in re_tiles["features"]]
+    assert np.allclose(a, b, atol=1e-4)
