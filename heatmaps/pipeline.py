@@ -35,7 +35,7 @@ from .features import find_features
 from .layout import SlideOutputs, slide_outputs
 from .process_list import SlideTask
 from .scoremaps import fit_scales, map_classes, read_slide_scores
-from .tissue import grid, slide_tissue
+from .tissue import grid, segmentation_properties, slide_tissue
 from .writers import SlideArtifacts, run_writers
 from .writers.scoremaps import draw_score_maps
 
@@ -120,10 +120,11 @@ def _first_pass(ctx: RunContext, art: SlideArtifacts, provided: Bag | None) -> t
 # ---------------------------------------------------------------------------- the fine pass
 
 
-def fine_pass_identity(ctx: RunContext, bag: Bag, task: SlideTask) -> str:
-    """What a fine-pass H5 depends on, as canonical JSON: the model, the bag, the grid and the
-    encoder settings - not the rendering style. An H5 with the same identity is reused, so a
-    style-only change re-renders without encoding."""
+def fine_pass_identity(ctx: RunContext, bag: Bag, task: SlideTask, contours_source: str) -> str:
+    """What a fine-pass H5 depends on, as canonical JSON: the model, the bag, the grid (with the
+    tissue it was laid on: ``contours_source`` 'segmentation' (its parameters), 'mask.pkl' or
+    'bag') and the encoder settings - not the rendering style. An H5 with the same identity is
+    reused, so a style-only change re-renders without encoding."""
     cfg = ctx.cfg
     p, e, h, m = cfg.patching_arguments, cfg.encoder_arguments, cfg.heatmap_arguments, cfg.model_arguments
     fb = bag.features
@@ -134,6 +135,7 @@ def fine_pass_identity(ctx: RunContext, bag: Bag, task: SlideTask) -> str:
         "patch_size": p.patch_size, "patch_level": p.patch_level, "custom_downsample": p.custom_downsample,
         "step_size": dense_step(p.patch_size, p.overlap), "use_center_shift": h.use_center_shift,
         "roi": list(task.roi) if task.roi else None, "use_ref_scores": h.use_ref_scores,
+        "tissue": segmentation_properties(task)["segmentation"] if contours_source == "segmentation" else contours_source,
         "encoder": e.model_name, "weights": weights_sha256(e.weights_path) if e.weights_path else None,
         "target_img_size": e.target_img_size, "precision": ctx.precision,
         "fully_convolutional": e.fully_convolutional, "features_check": e.features_check,
@@ -159,7 +161,8 @@ def _fine_pass(ctx: RunContext, art: SlideArtifacts, bag: Bag) -> Path:
         if h.use_roi and fallback.is_file():
             return fallback
         raise _FineSkipped("no fine-pass H5: heatmap skipped")
-    identity = fine_pass_identity(ctx, bag, task)
+    source = "bag" if art.contours is None else "mask.pkl" if out.mask_pkl.is_file() else "segmentation"
+    identity = fine_pass_identity(ctx, bag, task, source)
     if not ctx.force and fine_path.is_file() and read_scores(fine_path).attrs.get("fine_pass_identity") == identity:
         log.info("%s: fine pass reused from %s (same model, bag, grid and encoder)", task.slide_id, fine_path.name)
         return fine_path

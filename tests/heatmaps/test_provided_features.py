@@ -220,3 +220,14 @@ def test_a_label_dict_that_disagrees_with_the_checkpoint_fails_the_run_before_an
     with pytest.raises(ConfigError, match=r"label_dict .* names 3 classes but the checkpoint ckpt_clam_sb_seed0.pt has 2"):
         run_config(cfg, progress=False)
     assert not (tmp_path / "results").exists()
+
+
+def test_a_segmentation_change_is_not_a_style_change(make_fast_config, tmp_path):
+    """The fine pass depends on the tissue it is laid on: new segmentation parameters recompute it."""
+    rows = [{"slide_id": "CMU-1-Small-Region", "label": "class_a"}]
+    first = make_fast_config(tmp_path, rows, patching_arguments={"overlap": 0.5})
+    assert run_config(first, progress=False).n_encoded > 0
+    stricter = make_fast_config(tmp_path, [{**rows[0], "sthresh": 40}], patching_arguments={"overlap": 0.5},
+                                heatmap_arguments={"vis_level": -1, "save_orig": False, "alpha": 0.6})
+    summary = run_config(stricter, progress=False)
+    assert not summary.failed and summary.n_encoded > 0
