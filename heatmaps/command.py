@@ -37,11 +37,12 @@ def run_in_memory(args: argparse.Namespace, *, source: str, checkpoint: str, che
         df, make_config = prepare()
         if not Path(checkpoint).is_file():
             raise ConfigError(f"{checkpoint_flag} {checkpoint}: checkpoint file not found")
-        cfg = make_config(load_mil_checkpoint(checkpoint, model_type=args.model_type, device="cpu"))
+        model = load_mil_checkpoint(checkpoint, model_type=args.model_type, device="cpu")
+        cfg = make_config(model)
         if args.dry_run:
             return 0 if print_plan(dry_run(cfg, source=source, process_list=df)) else 1
         summary = run_config(cfg, source=source, force=args.force, progress=not args.quiet, device=args.device,
-                             process_list=df)
+                             process_list=df, model=model)   # the checkpoint is read once
     except WsiHeatmapsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from models import tune_cpu_allocator
+from models import MILModel, tune_cpu_allocator
 from models.checkpoints import load_mil_checkpoint
 from wsi_core.errors import ConfigError, WsiHeatmapsError
 from wsi_core.io import atomic_path
@@ -118,13 +118,16 @@ class _Job:
 
 def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = False, progress: bool = True,
                device: str | None = None, executor: Executor | None = None,
-               process_list: pd.DataFrame | None = None) -> RunSummary:
+               process_list: pd.DataFrame | None = None, model: MILModel | None = None) -> RunSummary:
     """Run one config over its process list.
 
     ``executor``: how slides are distributed (default: :class:`SequentialExecutor`).
     ``process_list``: an in-memory process list (``slide_id`` and any CLAM column) used instead of
     ``data_arguments.process_list``; its defaults come from the preset as for a CSV, the results
     CSV is ``{results_dir}/{save_exp_code}.csv`` and the list itself is kept beside the raw outputs.
+    ``model``: the checkpoint already loaded by the caller (the command lines read it to size the
+    config), so it is not read twice; ignored when ``model_arguments`` set options the weights
+    cannot tell (``combine``, ``num_landmarks``), which shape the model.
 
     Raises:
         WsiHeatmapsError: problems that concern the whole config (process list, checkpoint);
@@ -139,9 +142,11 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
     if len(todo) == 0:
         raise ConfigError(f"{source}: no slide has process == 1 in the process list {pl_path or ''}")
     m = cfg.model_arguments
-    model = load_mil_checkpoint(m.ckpt_path, model_type=m.model_type, n_classes=m.n_classes, model_size=m.model_size,
-                                drop_out=m.drop_out, embed_dim=m.embed_dim, device=device,
-                                model_kwargs=m.model_kwargs())
+    if model is None or m.model_kwargs():
+        model = load_mil_checkpoint(m.ckpt_path, model_type=m.model_type, n_classes=m.n_classes,
+                                    model_size=m.model_size, drop_out=m.drop_out, embed_dim=m.embed_dim,
+                                    device=device, model_kwargs=m.model_kwargs())
+    model = model.to(device)
     names = {v: k for k, v in cfg.data_arguments.label_dict.items()}
     ctx = RunContext(cfg=cfg, model=model, class_names=names, device=device, force=force, progress=progress)
     provided = bool(cfg.data_arguments.features_dir) or \
