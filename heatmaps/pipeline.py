@@ -112,7 +112,7 @@ def _first_pass(ctx: RunContext, art: SlideArtifacts, provided: Bag | None) -> t
     block_scores = ctx.model.heatmap_row(torch.from_numpy(result.attention), result.pred).numpy().astype(np.float32)
     write_scores(out.blockmap_h5, block_scores, bag.coords,
                  attrs={"probs": result.probs, "pred": result.pred, "bag_size": len(bag.coords),
-                        "model_type": cfg.model_arguments.model_type})
+                        "model_type": cfg.model_arguments.model_type, "model_sha256": ctx.model_sha256()})
     art.block_scores, art.block_coords, art.pred, art.probs = block_scores, bag.coords, result.pred, result.probs
     return bag, result
 
@@ -202,11 +202,12 @@ def outputs_complete(ctx: RunContext, out: SlideOutputs, orig_level: int) -> boo
 
 
 def _finished_result(ctx: RunContext, task: SlideTask, out: SlideOutputs, orig_level: int, t0: float) -> SlideResult | None:
-    """The result of a slide whose outputs are complete (a rerun without --force), else None."""
+    """The result of a slide whose outputs are complete and made by this checkpoint (a rerun
+    without --force), else None: outputs of another model are recomputed, never passed off."""
     if ctx.force or not outputs_complete(ctx, out, orig_level):
         return None
     attrs = read_scores(out.blockmap_h5).attrs
-    if "probs" not in attrs:
+    if "probs" not in attrs or str(attrs.get("model_sha256")) != ctx.model_sha256():
         return None
     fine = out.overlap_h5()
     return SlideResult(task.slide_id, int(attrs.get("bag_size", 0)), np.asarray(attrs["probs"], np.float32),

@@ -231,3 +231,14 @@ def test_a_segmentation_change_is_not_a_style_change(make_fast_config, tmp_path)
                                 heatmap_arguments={"vis_level": -1, "save_orig": False, "alpha": 0.6})
     summary = run_config(stricter, progress=False)
     assert not summary.failed and summary.n_encoded > 0
+
+
+def test_complete_outputs_of_another_checkpoint_are_recomputed(make_fast_config, tmp_path, shared_dir):
+    """A rerun skips a slide whose outputs are complete only when this checkpoint made them."""
+    rows = [{"slide_id": "CMU-1-Small-Region", "label": "class_a"}]
+    first = make_fast_config(tmp_path, rows)
+    assert not run_config(first, progress=False).processed[0].skipped
+    assert run_config(first, progress=False).processed[0].skipped                 # same model: skipped
+    mb = shared_dir / "clam_reference" / "checkpoints" / "ckpt_clam_mb_seed0.pt"
+    other = make_fast_config(tmp_path, rows, model_arguments={"ckpt_path": str(mb), "model_type": "clam_mb"})
+    assert not run_config(other, progress=False).processed[0].skipped              # another model: recomputed
