@@ -17,7 +17,7 @@ from wsi_core.errors import ConfigError, WsiHeatmapsError
 
 from . import highres
 from .cli_args import (add_dry_run_argument, add_model_arguments, add_render_arguments, add_run_arguments,
-                       parse_label_dict, print_plan, setup_logging)
+                       add_worker_arguments, parse_label_dict, print_plan, setup_logging)
 from .config import HeatmapConfig, apply_overrides, load_config
 from .marugoto_cli import add_marugoto_arguments, run_marugoto
 from .process_list import PACKAGE_DIR, resolve_input_file
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_exp_code", help="override exp_arguments.save_exp_code")
     add_dry_run_argument(p)
     add_run_arguments(p)
+    add_worker_arguments(p)
     add_highres_arguments(p)
     add_marugoto_arguments(p, standalone=False)
     return p
@@ -181,16 +182,27 @@ def main(argv: list[str] | None = None) -> int:
         print("create-heatmaps: error: give --config YAML [YAML ...], --demo, --checkpoint CKPT --slide SLIDE "
               "--output OUT, or -m MODEL -o DIR -t CLASS SLIDE ...", file=sys.stderr)
         return 2
-    from .run import dry_run, run_config
+    if not args.worker and not args.dry_run and (args.workers > 1 or args.gpus or args.executor):
+        return _launch(configs, args, argv if argv is not None else sys.argv[1:])
+    from .run import WorkerOptions, dry_run, run_config
+    from .workers import env_shard, parse_shard
 
     failed = False
+    try:
+        shard = parse_shard(args.shard) if args.shard else env_shard()
+    except WsiHeatmapsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    worker = WorkerOptions(shard=shard, multi=bool(args.worker), lock_timeout=args.lock_timeout,
+                           lock_method=args.lock_method)
     for name in configs:
         try:
             cfg = _load(name, args)
             if args.dry_run:
                 failed |= not print_plan(dry_run(cfg, source=name))
                 continue
-            summary = run_config(cfg, source=name, force=args.force, progress=not args.quiet, device=args.device)
+            summary = run_config(cfg, source=name, force=args.force, progress=not args.quiet, device=args.device,
+                                 worker=worker)
         except WsiHeatmapsError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed = True
@@ -200,4 +212,41 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: %d slides processed, %d failed, %d patches encoded, %.1f s; heatmaps in %s; results: %s",
                  name, done, len(summary.failed), summary.n_encoded, summary.seconds, maps, summary.results_csv)
         failed |= bool(summary.failed)
+    return 1 if failed else 0
+
+
+def _launch(configs: list[str], args: argparse.Namespace, argv: list[str]) -> int:
+    """``--workers N`` / ``--gpus`` / ``--executor``: start the workers (:mod:`heatmaps.workers`),
+    wait, then assemble each config's results CSV and print one summary line per config."""
+    from .claims import new_run_id
+    from .cohort_status import config_status
+    from .layout import effective_config_path
+    from .workers import SlurmOptions, launch_local, launch_slurm, slurm_minutes
+
+    try:
+        cfgs = [_load(name, args) for name in configs]       # a bad config stops here, before any worker
+        for name, cfg in zip(configs, cfgs):
+            h = cfg.heatmap_arguments
+            if h.score_maps and h.normalize_across_slides:
+                raise ConfigError(f"{name}: heatmap_arguments.normalize_across_slides fits one scale on every slide, "
+                                  "which needs them in one process; run without --workers/--gpus/--executor or set it to false")
+        run_id = new_run_id()
+        if args.executor == "slurm":
+            opts = SlurmOptions(partition=args.slurm_partition, minutes=slurm_minutes(args.slurm_time), mem=args.slurm_mem,
+                                gpus_per_task=args.slurm_gpus_per_task, array_parallelism=args.slurm_array_parallelism,
+                                additional=SlurmOptions.parse_additional(args.slurm_additional))
+            log_dir = effective_config_path(cfgs[0]).parent / "slurm"
+            _, codes = launch_slurm(argv, tasks=max(1, args.workers), options=opts, log_dir=log_dir, run_id=run_id)
+        else:
+            _, codes = launch_local(argv, workers=max(1, args.workers), gpus=args.gpus, run_id=run_id)
+        failed = any(code != 0 for code in codes)
+        for name, cfg in zip(configs, cfgs):
+            st = config_status(cfg, assemble=True)
+            log.info("%s: %d processed, %d failed, %d running, %d pending (run %s, %d workers); results: %s", name,
+                     len(st.processed), len(st.failed), len(st.running), len(st.pending), run_id, len(codes),
+                     st.results_csv)
+            failed |= bool(st.failed or st.pending or st.running)
+    except WsiHeatmapsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 1 if failed else 0

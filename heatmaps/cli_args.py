@@ -14,7 +14,7 @@ import sys
 
 from wsi_core.errors import ConfigError
 
-__all__ = ["setup_logging", "print_plan", "add_run_arguments", "add_dry_run_argument", "add_model_arguments", "add_render_arguments",
+__all__ = ["setup_logging", "print_plan", "add_run_arguments", "add_worker_arguments", "add_dry_run_argument", "add_model_arguments", "add_render_arguments",
            "parse_label_dict", "check_label_dict", "HIGHRES_ALPHA"]
 
 HIGHRES_ALPHA = 0.5     # the one-slide modes' default opacity (a YAML config's default is CLAM's 0.4)
@@ -46,6 +46,35 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars; warnings and errors only")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    """Cohort runs shared by several workers (:mod:`heatmaps.workers`, :mod:`heatmaps.claims`)."""
+    g = p.add_argument_group("cohort runs: several workers, GPUs, SLURM (README: Cohort runs)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="worker processes pulling slides through per-slide claims (default 1; with --executor slurm: "
+                        "array tasks)")
+    g.add_argument("--gpus", nargs="+", metavar="ID", help="one worker per GPU, each with its CUDA_VISIBLE_DEVICES")
+    g.add_argument("--executor", choices=["local", "slurm"],
+                   help="local: worker subprocesses here (the default with --workers/--gpus); slurm: one SLURM job "
+                        "array through submitit, one worker per task")
+    g.add_argument("--shard", metavar="i/n", help="this process takes only rows i, i+n, ... of each process list "
+                                                  "(default inside your own SLURM job array: SLURM_ARRAY_TASK_ID / "
+                                                  "SLURM_ARRAY_TASK_COUNT)")
+    g.add_argument("--lock_timeout", type=float, default=48 * 3600.0, metavar="S",
+                   help="a slide claim older than this many seconds is taken over even if its worker lives "
+                        "(default 172800 = 48 h; a dead worker's claim on the same host is taken over at once)")
+    g.add_argument("--lock_method", choices=["auto", "link", "excl"], default="auto",
+                   help="how a claim is created atomically: link (NFS-safe), excl (O_CREAT|O_EXCL), auto (link, "
+                        "else excl)")
+    g.add_argument("--slurm_partition", help="SLURM partition")
+    g.add_argument("--slurm_time", help="time limit per task: minutes, HH:MM:SS or D-HH:MM:SS (default 60 min)")
+    g.add_argument("--slurm_mem", help="memory per task, e.g. 32G")
+    g.add_argument("--slurm_gpus_per_task", type=int, help="GPUs per task")
+    g.add_argument("--slurm_array_parallelism", type=int, help="at most this many array tasks at once")
+    g.add_argument("--slurm_additional", action="append", metavar="KEY=VALUE",
+                   help="another #SBATCH key, e.g. account=mylab (repeatable)")
+    g.add_argument("--_worker", dest="worker", action="store_true", help=argparse.SUPPRESS)
 
 
 def add_dry_run_argument(p: argparse.ArgumentParser) -> None:

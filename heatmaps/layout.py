@@ -125,6 +125,11 @@ class SlideOutputs:
         """Per-slide state (status, numbers) beside the raw outputs."""
         return self.raw_dir / f"{self.slide_id}_state.json"
 
+    @property
+    def claim_lock(self) -> Path:
+        """The slide's claim while a worker computes it (:mod:`heatmaps.claims`), beside the raw outputs."""
+        return self.raw_dir / f"{self.slide_id}.lock"
+
     def class_map(self, cls_name: str | None, kind: str, ext: str) -> Path:
         """A score map of this slide in the production dir (see :func:`class_map_name`)."""
         return self.production_dir / class_map_name(self.slide_id, cls_name, kind, ext)
@@ -147,6 +152,21 @@ def slide_outputs(cfg: HeatmapConfig, slide_id: str, grouping: str) -> SlideOutp
 def effective_config_path(cfg: HeatmapConfig) -> Path:
     """Where the effective config is written: ``{raw_save_dir}/{save_exp_code}/config.yaml``."""
     return Path(cfg.exp_arguments.raw_save_dir) / cfg.exp_arguments.save_exp_code / "config.yaml"
+
+
+#: the label folder of a slide whose label cannot be resolved (its claim and failed state go there)
+UNRESOLVED_GROUPING = "_unresolved_label"
+
+
+def run_record_path(cfg: HeatmapConfig, run_id: str) -> Path:
+    """``{raw_save_dir}/{save_exp_code}/runs/{run_id}.json``: the effective config's hash every
+    worker of run ``run_id`` must share."""
+    return effective_config_path(cfg).parent / "runs" / f"{run_id}.json"
+
+
+def results_lock_path(results_csv: Path) -> Path:
+    """``{results CSV}.lock``: held while a worker assembles the results CSV."""
+    return results_csv.with_name(results_csv.name + ".lock")
 
 
 def results_csv_path(cfg: HeatmapConfig, process_list: Path | None) -> Path:

@@ -35,6 +35,7 @@ from .features import find_features
 from .layout import SlideOutputs, slide_outputs
 from .process_list import SlideTask
 from .scoremaps import fit_scales, map_classes, read_slide_scores
+from .state import read_state
 from .tissue import grid, segmentation_properties, slide_tissue
 from .writers import SlideArtifacts, run_writers
 from .writers.scoremaps import draw_score_maps
@@ -202,9 +203,14 @@ def outputs_complete(ctx: RunContext, out: SlideOutputs, orig_level: int) -> boo
 
 
 def _finished_result(ctx: RunContext, task: SlideTask, out: SlideOutputs, orig_level: int, t0: float) -> SlideResult | None:
-    """The result of a slide whose outputs are complete and made by this checkpoint (a rerun
-    without --force), else None: outputs of another model are recomputed, never passed off."""
+    """The result of a slide whose outputs are complete, whose state says ``processed`` (it is
+    written after every output, so a worker killed mid-slide leaves none) and made by this
+    checkpoint (a rerun without --force), else None: outputs of another model are recomputed,
+    never passed off."""
     if ctx.force or not outputs_complete(ctx, out, orig_level):
+        return None
+    state = read_state(out.state_json)
+    if state is None or state.status != "processed" or state.model_sha256 != ctx.model_sha256():
         return None
     attrs = read_scores(out.blockmap_h5).attrs
     if "probs" not in attrs or str(attrs.get("model_sha256")) != ctx.model_sha256():

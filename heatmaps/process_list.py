@@ -238,6 +238,29 @@ def _roi(slide_id: str, row: pd.Series) -> tuple[int, int, int, int]:
     return x1, y1, x2, y2
 
 
+def slide_label(row: pd.Series, data_args: DataArguments) -> tuple[str, Any, str]:
+    """A process-list row's ``(slide_id, label, grouping)``: the slide id without its extension,
+    the label (a name or class index, ``'Unspecified'`` when absent) and the label folder of its
+    outputs. Reads no file.
+
+    Raises:
+        ConfigError: the label is not in (or not a value of) ``label_dict``.
+    """
+    slide_id = slide_stem(str(row["slide_id"]), data_args.slide_ext)
+    label = _cell(row, "label")
+    names = {v: k for k, v in data_args.label_dict.items()}
+    if label is None:
+        return slide_id, "Unspecified", "Unspecified"
+    if isinstance(label, str) and not label.lstrip("-").isdigit():
+        if data_args.label_dict and label not in data_args.label_dict:
+            raise ConfigError(f"slide {slide_id}: label '{label}' is not in data_arguments.label_dict ({', '.join(data_args.label_dict)}); add it there or fix the process list")
+        return slide_id, label, label
+    code = int(float(label))
+    if code not in names:
+        raise ConfigError(f"slide {slide_id}: label {code} is not a value of data_arguments.label_dict ({data_args.label_dict}); add it or fix the process list")
+    return slide_id, code, names[code]
+
+
 def slide_task(row: pd.Series, data_args: DataArguments, *, use_roi: bool) -> SlideTask:
     """Resolve one process-list row (slide path, label folder, ROI, segmentation parameters).
 
@@ -247,20 +270,7 @@ def slide_task(row: pd.Series, data_args: DataArguments, *, use_roi: bool) -> Sl
         RoiError: ``use_roi`` without a valid ROI.
     """
     raw_id = str(row["slide_id"])
-    slide_id = slide_stem(raw_id, data_args.slide_ext)
-    label = _cell(row, "label")
-    names = {v: k for k, v in data_args.label_dict.items()}
-    if label is None:
-        label, grouping = "Unspecified", "Unspecified"
-    elif isinstance(label, str) and not label.lstrip("-").isdigit():
-        if data_args.label_dict and label not in data_args.label_dict:
-            raise ConfigError(f"slide {slide_id}: label '{label}' is not in data_arguments.label_dict ({', '.join(data_args.label_dict)}); add it there or fix the process list")
-        grouping = label
-    else:
-        code = int(float(label))
-        if code not in names:
-            raise ConfigError(f"slide {slide_id}: label {code} is not a value of data_arguments.label_dict ({data_args.label_dict}); add it or fix the process list")
-        label, grouping = code, names[code]
+    slide_id, label, grouping = slide_label(row, data_args)
     seg = SegmentationParams(
         seg_level=int(float(row["seg_level"])), sthresh=int(float(row["sthresh"])), mthresh=int(float(row["mthresh"])),
         close=int(float(row["close"])), use_otsu=_bool(row["use_otsu"]),
