@@ -301,17 +301,23 @@ def try_claim(path: str | os.PathLike[str], *, run_id: str = "", lock_timeout: f
 
 class hold_lock:
     """A short exclusive section between processes (e.g. assembling the results CSV): waits up
-    to ``timeout`` s for ``path``, taking over a stale one. Use as a context manager."""
+    to ``timeout`` s for ``path``, taking over one whose holder is dead or that is older than
+    ``stale_after`` s. Use as a context manager.
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 120.0, method: str = "auto") -> None:
-        self.path, self.timeout, self.method = Path(path), timeout, method
+    Raises (on entry):
+        WsiHeatmapsError: still held after ``timeout`` s (the holder is named), or not writable.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 120.0, stale_after: float = 600.0,
+                 method: str = "auto") -> None:
+        self.path, self.timeout, self.stale_after, self.method = Path(path), timeout, stale_after, method
         self.claim: Claim | None = None
 
     def __enter__(self) -> "hold_lock":
         deadline = time.monotonic() + self.timeout
         delay = 0.005
         while True:
-            self.claim = try_claim(self.path, lock_timeout=self.timeout, method=self.method)
+            self.claim = try_claim(self.path, lock_timeout=self.stale_after, method=self.method)
             if self.claim is not None:
                 return self
             if time.monotonic() > deadline:

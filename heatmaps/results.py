@@ -149,8 +149,11 @@ class ResultsBook:
         if self.state_paths is None:
             return write_csv(self.table, csv)
         with hold_lock(results_lock_path(csv)):
-            if reread or self._states is None:
-                self._states = [read_state(p) for p in self.state_paths]
+            if reread or self._states is None:   # the newest of the disk's and ours (ours may not be on disk)
+                mine = self._states or [None] * len(self.state_paths)
+                disk = [read_state(p) for p in self.state_paths]
+                self._states = [d if m is None or (d is not None and d.finished >= m.finished) else m
+                                for d, m in zip(disk, mine)]
             for i, state in enumerate(self._states):
                 if state is not None:
                     self._fill(i, state)

@@ -14,6 +14,7 @@ nothing: ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT`` are read).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -94,7 +95,8 @@ def launch_local(argv: list[str], *, workers: int, gpus: list[str] | None = None
 
 
 def slurm_minutes(text: str | None) -> int:
-    """``--slurm_time``: minutes (``90``), ``HH:MM:SS``, ``MM:SS`` or ``D-HH:MM:SS`` -> minutes.
+    """``--slurm_time``: minutes (``90``), ``HH:MM:SS``, ``MM:SS`` or ``D-HH:MM:SS`` -> whole minutes
+    (rounded up; default 60).
 
     Raises:
         ConfigError: any other form.
@@ -111,7 +113,7 @@ def slurm_minutes(text: str | None) -> int:
         minutes = a + b / 60 if d is None else a * 60 + b
     else:
         minutes = a * 60 + b + c / 60
-    return int(round((d or 0) * 1440 + minutes)) or 1
+    return max(1, math.ceil((d or 0) * 1440 + minutes))   # a part minute counts: never below the asked time
 
 
 @dataclass

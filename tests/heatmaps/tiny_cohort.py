@@ -64,9 +64,22 @@ def make_tiny_cohort(root: Path, n_slides: int = 8, *, seed: int = 0, size: int 
     return path
 
 
-def output_files(root: Path) -> dict[str, bytes]:
-    """Every output file under ``root/out`` (relative path -> bytes), without the per-slide states
+def variant(config: Path, name: str, **sections) -> Path:
+    """A copy of ``config`` whose outputs go to ``{config dir}/{name}`` (and whose sections are
+    updated with ``sections``); returns its path."""
+    data = yaml.safe_load(config.read_text())
+    out = config.parent / name
+    data["exp_arguments"].update(raw_save_dir=str(out / "raw"), production_save_dir=str(out / "prod"),
+                                 results_dir=str(out / "results"))
+    for section, values in sections.items():
+        data[section].update(values)
+    path = config.parent / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    """Every output file under ``out`` (relative path -> bytes), without the per-slide states
     and run records, which name hosts, pids and times."""
-    out = root / "out"
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
             if p.is_file() and not p.name.endswith("_state.json") and p.parent.name != "runs"}
