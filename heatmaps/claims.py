@@ -210,10 +210,12 @@ def claim_is_stale(info: ClaimInfo, *, lock_timeout: float) -> str | None:
 
 @dataclass
 class Claim:
-    """A held claim; :meth:`release` removes its lock file (only if it is still ours)."""
+    """A held claim; :meth:`release` removes its lock file (only if it is still ours).
+    ``took_over``: the stale claim this one replaced (its worker's temporary files may remain)."""
 
     path: Path
     info: ClaimInfo
+    took_over: ClaimInfo | None = None
 
     def release(self) -> None:
         now = read_claim(self.path)
@@ -283,10 +285,11 @@ def try_claim(path: str | os.PathLike[str], *, run_id: str = "", lock_timeout: f
         WsiHeatmapsError: the lock cannot be written (read-only or full file system): one line.
     """
     path = Path(path)
+    replaced = None
     for _ in range(3):
         info, body = _body(run_id)
         if create_exclusive(path, body, method=method):
-            return Claim(path, info)
+            return Claim(path, info, replaced)
         held = read_claim(path)
         if held is None:
             continue                       # released between our attempt and our read: try again
@@ -296,6 +299,7 @@ def try_claim(path: str | os.PathLike[str], *, run_id: str = "", lock_timeout: f
             return None
         if not _take_over(path, held, reason, method=method, lock_timeout=lock_timeout):
             return None
+        replaced = held
     return None
 
 

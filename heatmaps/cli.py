@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     except WsiHeatmapsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    worker = WorkerOptions(shard=shard, multi=bool(args.worker), lock_timeout=args.lock_timeout,
+    worker = WorkerOptions(shard=shard, multi=bool(args.worker) or shard is not None, lock_timeout=args.lock_timeout,
                            lock_method=args.lock_method)
     for name in configs:
         try:
@@ -242,9 +242,8 @@ def _launch(configs: list[str], args: argparse.Namespace, argv: list[str]) -> in
         failed = any(code != 0 for code in codes)
         for name, cfg in zip(configs, cfgs):
             st = config_status(cfg, assemble=True)
-            log.info("%s: %d processed, %d failed, %d running, %d pending (run %s, %d workers); results: %s", name,
-                     len(st.processed), len(st.failed), len(st.running), len(st.pending), run_id, len(codes),
-                     st.results_csv)
+            print(f"{name}: {len(st.processed)} processed, {len(st.failed)} failed, {len(st.running)} running, "
+                  f"{len(st.pending)} pending (run {run_id}, {len(codes)} workers); results: {st.results_csv}")
             failed |= bool(st.failed or st.pending or st.running)
     except WsiHeatmapsError as exc:
         print(f"error: {exc}", file=sys.stderr)

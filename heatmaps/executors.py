@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
-from .claims import DEFAULT_LOCK_TIMEOUT, try_claim
+from .claims import DEFAULT_LOCK_TIMEOUT, ClaimInfo, try_claim
 
 __all__ = ["Executor", "SequentialExecutor", "ClaimingExecutor", "Outcome"]
 
@@ -61,16 +61,24 @@ class ClaimingExecutor(Executor[T, R]):
         claim_path: item -> its lock file. done: item -> finished in this run (default: never).
         run_id: written into the claims. lock_timeout: s after which a live worker's claim is
         taken over. method: ``auto``, ``link`` or ``excl`` (:data:`heatmaps.claims.LOCK_METHODS`).
+        on_takeover: (item, the stale claim) when a dead or timed-out worker's claim is taken over.
     """
 
     def __init__(self, claim_path: Callable[[T], Path], *, done: Callable[[T], bool] | None = None, run_id: str = "",
-                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT, method: str = "auto") -> None:
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT, method: str = "auto",
+                 on_takeover: Callable[[T, ClaimInfo], None] | None = None) -> None:
         self.claim_path, self.done = claim_path, done or (lambda item: False)
+        self.on_takeover = on_takeover
         self.run_id, self.lock_timeout, self.method = run_id, lock_timeout, method
         self.skipped_held: list[T] = []
 
     def claimed(self, item: T) -> None:
         """Called once ``item`` is claimed, before it is computed (a hook for subclasses)."""
+
+    def took_over(self, item: T, stale: ClaimInfo) -> None:
+        """Called when ``item``'s claim replaced the stale claim ``stale`` (default: ``on_takeover``)."""
+        if self.on_takeover is not None:
+            self.on_takeover(item, stale)
 
     def map(self, work: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R | Exception]]:
         for item in items:
@@ -88,6 +96,8 @@ class ClaimingExecutor(Executor[T, R]):
             try:
                 if self.done(item):
                     continue
+                if claim.took_over is not None:
+                    self.took_over(item, claim.took_over)
                 self.claimed(item)
                 try:
                     outcome: R | Exception = work(item)

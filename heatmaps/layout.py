@@ -130,6 +130,16 @@ class SlideOutputs:
         """The slide's claim while a worker computes it (:mod:`heatmaps.claims`), beside the raw outputs."""
         return self.raw_dir / f"{self.slide_id}.lock"
 
+    def temp_files(self, pid: int) -> list[Path]:
+        """Temporary files (``*.tmp-{pid}``, :func:`wsi_core.io.atomic_path`) a worker with ``pid``
+        left for this slide when it was killed: in its raw folder, beside its heatmaps, among the
+        sampled patches."""
+        tail = f".tmp-{int(pid)}"
+        found = [p for p in self.raw_dir.glob(f"*{tail}")]
+        found += [p for p in self.production_dir.glob(f"{self.slide_id}*{tail}")]
+        found += [p for p in (self.exp_production_dir / "sampled_patches").glob(f"*/*/*_{self.slide_id}_x_*{tail}")]
+        return found
+
     def class_map(self, cls_name: str | None, kind: str, ext: str) -> Path:
         """A score map of this slide in the production dir (see :func:`class_map_name`)."""
         return self.production_dir / class_map_name(self.slide_id, cls_name, kind, ext)

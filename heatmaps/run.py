@@ -32,7 +32,7 @@ from wsi_core.errors import ConfigError, WsiHeatmapsError
 from wsi_core.io import atomic_path
 
 from .cache import CODE_VERSION, weights_sha256
-from .claims import DEFAULT_LOCK_TIMEOUT, HOST, create_exclusive, job_id, new_run_id, shared_run_id
+from .claims import DEFAULT_LOCK_TIMEOUT, HOST, ClaimInfo, create_exclusive, job_id, new_run_id, shared_run_id
 from .config import HeatmapConfig, config_to_dict
 from .context import RunContext
 from .executors import ClaimingExecutor, Executor
@@ -272,11 +272,24 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
         state = read_state(job.state) if job.state.is_file() else None
         return state is not None and state.run_id == run_id
 
+    def clean_after(job: _Job, stale: ClaimInfo) -> None:
+        """A dead worker's temporary files of this slide (same host: its pid names them)."""
+        if stale.host != HOST or stale.pid <= 0:
+            return
+        try:
+            sid, _, grouping = slide_label(todo.loc[job.index], cfg.data_arguments)
+        except WsiHeatmapsError:
+            return
+        for tmp in slide_outputs(cfg, sid, grouping).temp_files(stale.pid):
+            log.info("%s: removing %s, left by the killed worker", job.slide_id, tmp)
+            tmp.unlink(missing_ok=True)
+
     if worker.shard is not None:
         i, n = worker.shard
         jobs = [j for j in jobs if j.index % n == i]
     executor = executor or ClaimingExecutor(lambda j: j.claim, done=done_in_this_run, run_id=run_id,
-                                            lock_timeout=worker.lock_timeout, method=worker.lock_method)
+                                            lock_timeout=worker.lock_timeout, method=worker.lock_method,
+                                            on_takeover=clean_after)
     bar = tqdm(total=len(jobs), desc=f"slides ({cfg.exp_arguments.save_exp_code})", unit="slide", disable=not progress)
     for job, outcome in executor.map(work, jobs):
         book.record(job.index, job.slide_id, outcome)

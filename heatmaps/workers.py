@@ -170,7 +170,7 @@ def launch_slurm(argv: list[str], *, tasks: int, options: SlurmOptions, log_dir:
     except ImportError:
         raise ConfigError("--executor slurm needs submitit: pip install submitit") from None
     run_id = run_id or new_run_id()
-    ex = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster="slurm")
+    ex = submitit.AutoExecutor(folder=str(log_dir), cluster="slurm")
     params: dict = {"timeout_min": options.minutes, "slurm_job_name": f"heatmaps-{run_id}"}
     if options.partition:
         params["slurm_partition"] = options.partition

@@ -71,7 +71,7 @@ def test_four_concurrent_workers_compute_every_slide_once(cohort):
     process_list = cohort.parent / "process_list.csv"
     before = process_list.read_bytes()
     proc = _cli(["--config", str(config), "--workers", "4"])
-    _, err = proc.communicate(timeout=600)
+    stdout, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     states = _states(out)
     assert sorted(states) == [f"tiny_{k:02d}" for k in range(N)]
@@ -82,7 +82,7 @@ def test_four_concurrent_workers_compute_every_slide_once(cohort):
     assert len(results) == N and list(results["status"]) == ["processed"] * N
     assert process_list.read_bytes() == before                                  # input only
     assert _leftovers(out) == []
-    assert "8 processed, 0 failed, 0 running, 0 pending" in err                 # the summary line
+    assert "8 processed, 0 failed, 0 running, 0 pending" in stdout              # the summary line
     _same_outputs(cohort.parent / "ref", out)
     status = subprocess.run([sys.executable, "-m", "create_heatmaps", "status", str(out / "raw" / "TINY")],
                             capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -123,14 +123,14 @@ def test_a_worker_killed_mid_slide_is_redone_by_a_rerun(cohort):
 def test_a_config_list_runs_in_order_with_three_local_workers(cohort):
     a, b = variant(cohort, "list_a"), variant(cohort, "list_b", heatmap_arguments={"alpha": 0.5})
     proc = _cli(["--config", str(a), str(b), "--executor", "local", "--workers", "3"])
-    _, err = proc.communicate(timeout=600)
+    stdout, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     for name in ("list_a", "list_b"):
         out = cohort.parent / name
         assert list(pd.read_csv(out / "results" / "process_list.csv")["status"]) == ["processed"] * N
         assert {s["computations"] for s in _states(out).values()} == {1}
         assert _leftovers(out) == []
-    assert err.count("8 processed, 0 failed, 0 running, 0 pending") == 2
+    assert stdout.count("8 processed, 0 failed, 0 running, 0 pending") == 2
 
 
 def test_a_config_changed_between_workers_of_one_run_is_refused(cohort):
@@ -263,3 +263,59 @@ def test_shards_split_the_rows(tmp_path, monkeypatch):
     assert sorted(r.slide_id for r in summary.processed) == ["tiny_01", "tiny_03"]
     status = pd.read_csv(tmp_path / "out" / "results" / "process_list.csv")["status"]
     assert status.tolist() == ["tbp", "processed", "tbp", "processed"]      # CLAM's "to be processed"
+
+
+@pytest.fixture
+def slurm_env(tmp_path):
+    """A real single-node SLURM on this machine (tests/heatmaps/slurm_cluster.py); skips with the
+    reason where its daemons cannot start."""
+    from .slurm_cluster import SlurmUnavailable, single_node_slurm
+
+    try:
+        with single_node_slurm(tmp_path / "slurm") as env:
+            yield env
+    except SlurmUnavailable as exc:
+        pytest.skip(f"no single-node SLURM here: {exc}")
+
+
+@pytest.mark.slow
+def test_executor_slurm_runs_one_job_array_on_a_real_slurm(cohort, slurm_env):
+    config = variant(cohort, "slurm_run")
+    out = cohort.parent / "slurm_run"
+    proc = _cli(["--config", str(config), "--executor", "slurm", "--workers", "2", "--slurm_time", "10",
+                 "--slurm_partition", "debug", "--slurm_additional", "comment=wsi-heatmaps-test"], env=slurm_env)
+    stdout, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "8 processed, 0 failed, 0 running, 0 pending" in stdout
+    states = _states(out)
+    assert len(states) == N and {s["computations"] for s in states.values()} == {1}
+    jobs = {s["job_id"] for s in states.values()}
+    assert all("_" in j for j in jobs) and len({j.split("_")[0] for j in jobs}) == 1     # one array: {job}_{task}
+    assert len({s["run_id"] for s in states.values()}) == 1
+    assert list(pd.read_csv(out / "results" / "process_list.csv")["status"]) == ["processed"] * N
+    assert _leftovers(out) == []
+    assert list((out / "raw" / "TINY" / "slurm").rglob("*_submission.sh")), "submitit's job scripts"
+
+
+def test_a_dead_workers_claim_and_temporary_files_are_cleaned_up(tmp_path, caplog):
+    """What ``kill -9`` mid-slide leaves (its claim, half-written ``*.tmp-<pid>`` files, a blockmap
+    without a state) is taken over, removed and recomputed, never taken for a finished slide."""
+    config = make_tiny_cohort(tmp_path, 2)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    raw = tmp_path / "out/raw/TINY/normal/tiny_00"
+    prod = tmp_path / "out/prod/TINY/normal"
+    raw.mkdir(parents=True)
+    prod.mkdir(parents=True)
+    from heatmaps.claims import HOST
+
+    (raw / "tiny_00.lock").write_text(json.dumps({"host": HOST, "pid": dead.pid, "job_id": "local", "run_id": "old",
+                                                 "started": time.time(), "token": "x"}))
+    left = [raw / f"tiny_00_blockmap.h5.tmp-{dead.pid}", prod / f"tiny_00_0.0_roi_0_blur_0.png.tmp-{dead.pid}"]
+    for p in left:
+        p.write_bytes(b"half")
+    summary = run_config(load_config(config), progress=False)
+    assert sorted(r.slide_id for r in summary.processed) == ["tiny_00", "tiny_01"]
+    assert not any(r.skipped for r in summary.processed)
+    assert not any(p.exists() for p in left) and _leftovers(tmp_path / "out") == []
+    assert f"taking over the stale claim of {HOST} pid {dead.pid}" in caplog.text
