@@ -125,6 +125,11 @@ class SlideOutputs:
         """Per-slide state (status, numbers) beside the raw outputs."""
         return self.raw_dir / f"{self.slide_id}_state.json"
 
+    def repeat_state_json(self, k: int) -> Path:
+        """The state of the ``k``-th repeat (k >= 1) of this slide in one process list (another
+        row with the same slide id and label, e.g. other features): ``{slide_id}_repeat{k}_state.json``."""
+        return self.state_json if k == 0 else self.raw_dir / f"{self.slide_id}_repeat{int(k)}_state.json"
+
     @property
     def claim_lock(self) -> Path:
         """The slide's claim while a worker computes it (:mod:`heatmaps.claims`), beside the raw outputs."""

@@ -164,15 +164,17 @@ class _Job:
 
 def plan_jobs(cfg: HeatmapConfig, todo: pd.DataFrame) -> list[_Job]:
     """One job per selected row; a row whose label cannot be resolved keeps its claim and state
-    in :data:`heatmaps.layout.UNRESOLVED_GROUPING` (it fails with its reason when run)."""
-    jobs = []
+    in :data:`heatmaps.layout.UNRESOLVED_GROUPING` (it fails with its reason when run). Rows of the
+    same slide and label share its claim (they write the same outputs) but each has its state."""
+    jobs, seen = [], {}
     for i in range(len(todo)):
         try:
             slide_id, _, grouping = slide_label(todo.loc[i], cfg.data_arguments)
         except WsiHeatmapsError:
             slide_id, grouping = slide_stem(str(todo.loc[i, "slide_id"]), cfg.data_arguments.slide_ext), UNRESOLVED_GROUPING
         out = slide_outputs(cfg, slide_id, grouping)
-        jobs.append(_Job(i, slide_id, out.claim_lock, out.state_json))
+        k = seen[(slide_id, grouping)] = seen.get((slide_id, grouping), -1) + 1
+        jobs.append(_Job(i, slide_id, out.claim_lock, out.repeat_state_json(k)))
     return jobs
 
 

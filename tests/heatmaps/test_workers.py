@@ -319,3 +319,42 @@ def test_a_dead_workers_claim_and_temporary_files_are_cleaned_up(tmp_path, caplo
     assert not any(r.skipped for r in summary.processed)
     assert not any(p.exists() for p in left) and _leftovers(tmp_path / "out") == []
     assert f"taking over the stale claim of {HOST} pid {dead.pid}" in caplog.text
+
+
+def test_one_worker_per_gpu_each_with_its_cuda_visible_devices(monkeypatch):
+    from heatmaps import workers
+
+    started = []
+
+    class FakeProc:
+        def __init__(self, cmd, env):
+            started.append((cmd, env))
+            self.pid = 1000 + len(started)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(workers.subprocess, "Popen", FakeProc)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    run_id, codes = workers.launch_local(["--config", "c.yaml"], workers=1, gpus=["2", "5"])
+    assert codes == [0, 0]
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in started] == ["2", "5"]
+    assert {env["WSI_HEATMAPS_RUN_ID"] for _, env in started} == {run_id}
+    assert all(cmd[-4:] == ["create_heatmaps", "--config", "c.yaml", "--_worker"] for cmd, _ in started)
+    assert all(env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2)) for _, env in started)
+
+
+def test_rows_repeating_a_slide_keep_their_own_state(tmp_path):
+    config = make_tiny_cohort(tmp_path, 1)
+    pl = tmp_path / "process_list.csv"
+    rows = pd.read_csv(pl)
+    bad = rows.copy()
+    bad["features_path"] = str(tmp_path / "missing.h5")
+    pd.concat([bad, rows]).to_csv(pl, index=False)
+    summary = run_config(load_config(config), progress=False)
+    assert len(summary.failed) == 1 and len(summary.processed) == 1
+    status = list(pd.read_csv(tmp_path / "out" / "results" / "process_list.csv")["status"])
+    assert status[0].startswith("failed:") and "missing.h5" in status[0] and status[1] == "processed"
+    raw = tmp_path / "out/raw/TINY/normal/tiny_00"
+    assert read_state(raw / "tiny_00_state.json").status == "failed"
+    assert read_state(raw / "tiny_00_repeat1_state.json").status == "processed"
