@@ -240,7 +240,7 @@ def _body(run_id: str) -> tuple[ClaimInfo, bytes]:
     return info, json.dumps(info.__dict__).encode()
 
 
-def _take_over(path: Path, stale: ClaimInfo, reason: str, *, method: str, lock_timeout: float) -> bool:
+def _take_over(path: Path, stale: ClaimInfo, reason: str, *, method: str) -> bool:
     """Remove the stale lock ``path`` (still the one judged stale) under the takeover marker;
     False when another worker is taking it over or the lock changed."""
     marker = path.with_name(path.name + ".takeover")
@@ -297,7 +297,7 @@ def try_claim(path: str | os.PathLike[str], *, run_id: str = "", lock_timeout: f
         if reason is None:
             log.debug("%s: claimed by %s", path.name, held.describe())
             return None
-        if not _take_over(path, held, reason, method=method, lock_timeout=lock_timeout):
+        if not _take_over(path, held, reason, method=method):
             return None
         replaced = held
     return None
