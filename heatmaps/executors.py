@@ -5,13 +5,12 @@ the same config side by side; :mod:`heatmaps.workers` starts them).
 
 An executor only computes: it calls ``work(item)`` for each item and yields ``(item, outcome)``
 pairs as they finish, where the outcome is the work's return value or the exception it raised.
-Bookkeeping (status, results CSV, per-slide state) stays with the run loop's
-:class:`heatmaps.results.ResultsBook`, owned by the parent process, so parallel, per-GPU or
-SLURM executors can be added behind the same interface without touching the pipeline or the books.
+Bookkeeping (per-slide state, results CSV) stays with the run loop's
+:class:`heatmaps.results.ResultsBook`, owned by the process that runs the loop; several such
+processes share a run through the claims and the states, never through each other's memory.
 """
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
@@ -19,8 +18,6 @@ from typing import Callable, Generic, Iterable, Iterator, TypeVar
 from .claims import DEFAULT_LOCK_TIMEOUT, ClaimInfo, try_claim
 
 __all__ = ["Executor", "SequentialExecutor", "ClaimingExecutor", "Outcome"]
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
