@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from tqdm.auto import tqdm
 
 __all__ = ["PatchSource", "ImageSource", "encode", "encode_image_patches", "resolve_device",
-           "reading_workers", "progress_bar", "patch_memory_bytes", "batch_for_memory"]
+           "reading_workers", "progress_bar", "patch_memory_bytes", "batch_for_memory",
+           "gpu_patch_bytes", "cuda_batch_size", "compile_model"]
 
 
 class PatchSource:
@@ -43,6 +44,10 @@ class PatchSource:
 
     n: int = 0
     desc: str = ""
+    #: set when :meth:`batches` yields (b, H, W, 3) uint8 patches: the transform then runs as
+    #: tensor operations on the encoder's device after the upload
+    #: (:class:`models.encoders.DeviceTransform`); None: batches are already transformed
+    device_transform: Any = None
 
     def prepare(self, *, num_workers: int) -> None:
         """Get ready to yield batches read by ``num_workers`` processes (0: this process)."""
@@ -55,8 +60,12 @@ class PatchSource:
     def forward(self, model: nn.Module, inputs: Any, *, device: torch.device,
                 memory_format: torch.memory_format, amp: ContextManager) -> Tensor:
         """(b, D) features of one batch: ``model(inputs)`` on ``device`` in ``memory_format``
-        under ``amp`` (the autocast context)."""
-        x = inputs.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        under ``amp`` (the autocast context); uint8 patches go through :attr:`device_transform`
+        after the (non-blocking, from pinned memory) upload."""
+        x = inputs.to(device, non_blocking=True)
+        if self.device_transform is not None:
+            x = self.device_transform(x)
+        x = x.contiguous(memory_format=memory_format)
         with amp:
             return model(x)
 
@@ -80,7 +89,8 @@ def reading_workers(num_workers: int | None, device: torch.device) -> int:
     """DataLoader worker processes for reading patches: ``num_workers`` when given, else automatic.
 
     Automatic (``None``): 0 on CPU, so patches are read in this process between encoder
-    batches; ``min(4, os.cpu_count())`` on CUDA. On CPU the encoder's intra-op threads already
+    batches; ``min(8, os.cpu_count() - 1)`` (at least 1) on CUDA, where the readers only decode
+    and cut uint8 windows while the GPU encodes. On CPU the encoder's intra-op threads already
     occupy every core: worker processes then cost more than they hide (IPC of the batches and
     preempted encoder threads). Measured on 2 cores with resnet50_trunc at 224 px
     (``benchmarks/bench_dense.py``, overlap 0 / 0.5 / 0.9): in-process reading reaches 79 / 91 /
@@ -88,7 +98,7 @@ def reading_workers(num_workers: int | None, device: torch.device) -> int:
     """
     if num_workers is not None:
         return max(0, int(num_workers))
-    return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
+    return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def patch_memory_bytes(encoder: Encoder, patch_px: int) -> int:
@@ -111,6 +121,43 @@ def batch_for_memory(encoder: Encoder, batch_size: int, budget_bytes: int, *, pa
     return max(1, min(int(batch_size), int(budget_bytes) // patch_memory_bytes(encoder, patch_px)))
 
 
+#: GPU memory per input px of one patch in a batch, as a share of ``activation_bytes_per_px``
+#: (measured on the CPU with the heap-keeping allocator, 4.2x glibc's default there); PyTorch's
+#: caching allocator reuses blocks like glibc's default, and bf16 halves the activations
+_GPU_SHARE = {"fp32": 1 / 4.2, "bf16": 1 / 8.4, "fp16": 1 / 8.4}
+
+
+def gpu_patch_bytes(encoder: Encoder, patch_px: int, precision: str | None) -> int:
+    """GPU memory (bytes) one patch takes in a batch through ``encoder`` at ``precision``: its
+    uint8 upload and float32 input plus ``activation_bytes_per_px`` scaled by
+    :data:`_GPU_SHARE` (see :func:`patch_memory_bytes` for the CPU figure)."""
+    side = int(encoder.input_size or patch_px)
+    act = patch_memory_bytes(encoder, patch_px) - 12 * side * side
+    share = _GPU_SHARE.get(precision or "fp32", _GPU_SHARE["fp32"])
+    return int(act * share) + 12 * side * side + 3 * patch_px * patch_px
+
+
+def cuda_batch_size(encoder: Encoder, *, patch_px: int, precision: str | None,
+                    device: str | torch.device = "cuda", free_bytes: int | None = None,
+                    share: float = 0.5, cap: int = 1024) -> int:
+    """Encoder batch for a CUDA device: the patches that fit ``share`` of its free memory
+    (``free_bytes``; None: ``torch.cuda.mem_get_info``), rounded down to a multiple of 32
+    (tensor-core friendly), between 32 and ``cap``. With resnet50_trunc at 224 px in bf16 a 12 GB
+    card (about 11 GB free) gets 512, an 80 GB one the cap; a ViT-H/14 in bf16 about 64 / 512.
+    """
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(torch.device(device))[0]
+    n = int(free_bytes * share) // gpu_patch_bytes(encoder, patch_px, precision)
+    return int(max(32, min(int(cap), n // 32 * 32)))
+
+
+def compile_model(model: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile(model)`` when ``enabled`` (off by default everywhere: the first batches
+    of each shape pay the compilation, tens of seconds; worth it only for long passes on a GPU,
+    see ``benchmarks/bench_gpu.py``), else ``model``."""
+    return torch.compile(model) if enabled else model
+
+
 def progress_bar(total: int, enabled: bool, desc: str) -> tqdm | None:
     """A tqdm bar ``features {desc}`` counting patches, or None when disabled."""
     if not enabled:
@@ -124,7 +171,7 @@ def progress_bar(total: int, enabled: bool, desc: str) -> tqdm | None:
 
 def encode(source: PatchSource, encoder: Encoder, *, device: str | torch.device = "cpu",
            precision: str | None = None, channels_last: bool = False, num_workers: int | None = None,
-           progress: bool = False) -> np.ndarray:
+           progress: bool = False, compile: bool = False) -> np.ndarray:
     """Run ``encoder`` over every patch of ``source`` -> (source.n, encoder.dim) float32.
 
     Row ``i`` is the feature of the source's patch ``i``, whatever order the batches come in.
@@ -132,8 +179,11 @@ def encode(source: PatchSource, encoder: Encoder, *, device: str | torch.device 
     ``precision``: None/'fp32' (no autocast), 'bf16' or 'fp16' (``torch.autocast``);
     ``channels_last``: run the model channels-last (about 1.5x faster for CNNs on CPU; features
     differ by ~1e-7 from contiguous); ``num_workers``: reading processes (None: automatic, see
-    :func:`reading_workers`); ``progress``: a tqdm bar. ``source.n == 0`` returns a (0, D) array
-    before anything is opened or checked.
+    :func:`reading_workers`); ``progress``: a tqdm bar; ``compile``: ``torch.compile`` the model
+    (:func:`compile_model`). ``source.n == 0`` returns a (0, D) array before anything is opened
+    or checked. On CUDA, batches arrive in pinned memory and are uploaded without blocking, and
+    each batch's features come back with a non-blocking copy collected one batch later, so the
+    host reads and queues batch i+1 while the GPU runs batch i.
 
     Raises:
         ConfigError: CUDA requested but not available; an unknown ``precision``.
@@ -146,17 +196,35 @@ def encode(source: PatchSource, encoder: Encoder, *, device: str | torch.device 
     workers = reading_workers(num_workers, dev)
     amp = autocast_context(dev, precision)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = encoder.model.eval().to(dev, memory_format=fmt)
+    model = compile_model(encoder.model.eval().to(dev, memory_format=fmt), compile)
+    cuda = dev.type == "cuda"
     bar = None
+    pending: tuple[np.ndarray, Tensor, Any] | None = None
+
+    def collect() -> None:  # write the previous batch's features once its copy has landed
+        rows, host, done = pending
+        if done is not None:
+            done.synchronize()
+        out[rows] = host.numpy()
+        if bar is not None:
+            bar.update(len(rows))
+
     try:
         source.prepare(num_workers=workers)
         bar = progress_bar(source.n, progress, source.desc)
         with torch.inference_mode():
-            for rows, inputs in source.batches(num_workers=workers, pin_memory=dev.type == "cuda"):
-                feats = source.forward(model, inputs, device=dev, memory_format=fmt, amp=amp)
-                out[rows] = feats.float().cpu().numpy()
-                if bar is not None:
-                    bar.update(len(rows))
+            for rows, inputs in source.batches(num_workers=workers, pin_memory=cuda):
+                feats = source.forward(model, inputs, device=dev, memory_format=fmt, amp=amp).float()
+                done = None
+                if cuda:
+                    feats = feats.to("cpu", non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record()
+                if pending is not None:
+                    collect()
+                pending = (rows, feats, done)
+            if pending is not None:
+                collect()
     finally:
         source.close()
         if bar is not None:
