@@ -267,8 +267,7 @@ class SlideBandSource(PatchSource):
                          patch_size=self.patch_size, transform=None if raw else self.transform,
                          batch_size=self.batch_size, target_patch_size=self.target_patch_size)
         workers = min(int(num_workers), len(self.bands))
-        loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                            prefetch_factor=4 if workers else None, persistent_workers=False)
+        loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory)
         for idx, batch in loader:
             yield np.asarray(idx, dtype=np.int64), batch
 
