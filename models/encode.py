@@ -142,8 +142,10 @@ def cuda_batch_size(encoder: Encoder, *, patch_px: int, precision: str | None,
                     share: float = 0.5, cap: int = 1024) -> int:
     """Encoder batch for a CUDA device: the patches that fit ``share`` of its free memory
     (``free_bytes``; None: ``torch.cuda.mem_get_info``), rounded down to a multiple of 32
-    (tensor-core friendly), between 32 and ``cap``. With resnet50_trunc at 224 px in bf16 a 12 GB
-    card (about 11 GB free) gets 512, an 80 GB one the cap; a ViT-H/14 in bf16 about 64 / 512.
+    (tensor-core friendly), between 32 and ``cap``. From 256-px patches at 224 px in bf16, a 12 GB
+    card (about 11 GB free) gets 1024 for resnet50_trunc and 512 for the ViT-L/H (UNI, UNI2-h),
+    an 80 GB one the cap of 1024 for all three (in fp32: 544 / 256 on 12 GB). These rest on the
+    CPU-measured activation sizes; ``benchmarks/bench_gpu.py`` prints the measured peak per patch.
     """
     if free_bytes is None:
         free_bytes = torch.cuda.mem_get_info(torch.device(device))[0]
