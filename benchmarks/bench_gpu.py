@@ -293,8 +293,6 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     dev = torch.device(args.device)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     prec = args.precision or ("bf16" if dev.type == "cuda" else "fp32")
     slide = Path(args.slide)
     with open_slide(slide) as s:
