@@ -19,7 +19,7 @@ SLIDE=/tmp/gpu_bench_${W}x${H}.tiff
 } > "$OUT/env.txt" 2>&1
 t0=$(date +%s)
 if [ ! -s "$SLIDE" ]; then
-  timeout 150 python3 .gpu_carry/make_large_slide.py --width $W --height $H -o "$SLIDE" \
+  timeout 90 python3 .gpu_carry/make_large_slide.py --width $W --height $H -o "$SLIDE" \
     --source .gpu_carry/CMU-1-Small-Region.svs --threads "$THREADS" > "$OUT/make_slide.log" 2>&1 \
   || { echo "slide ${W}x${H} failed or too slow; falling back to 20000x16000" | tee -a "$OUT/make_slide.log"
        W=20000; H=16000; SLIDE=/tmp/gpu_bench_${W}x${H}.tiff

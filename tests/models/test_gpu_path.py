@@ -51,7 +51,7 @@ def _coords(step: int, side: int = 96) -> np.ndarray:
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_transform_on_device_equals_pil_path(tiff_slide: Path, workers: int) -> None:
-    coords = _coords(step=40)
+    coords = _coords(step=72)
     kw = dict(patch_level=0, patch_size=96, encoder=_encoder(64), batch_size_extract=16, num_workers=workers,
               progress=False, max_region_px=384)
     ref = extract_features_dense(tiff_slide, coords, transform_on_device=False, **kw)
