@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 import threading
 import webbrowser
@@ -58,11 +59,14 @@ def serve(registry: Registry, host: str = "127.0.0.1", port: int = 8000) -> Base
     Raises:
         ConfigError: the port is in use or the address cannot be bound (one line).
     """
-    try:
+    try:      # werkzeug prints several lines and exits when the port is taken: check first
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
         return make_server(host, port, create_app(registry), threaded=True)
     except (OSError, SystemExit) as exc:
         raise ConfigError(f"cannot serve on {host}:{port} ({getattr(exc, 'strerror', None) or exc}); "
-                          "the port is probably in use: pass --port N (or --port 0 for a free one)") from None
+                          "if the port is in use pass --port N (or --port 0 for a free one)") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,3 +43,18 @@ def our_scores(clam_fine: Path, tmp_path_factory) -> Path:
     return write_scores(out, raw, sf.coords, attrs={"score_kind": "raw", "patch_size": 256, "patch_level": 0,
                                                      "step_size": 128},
                         attention_raw=raw, class_scores=cls)
+
+
+@pytest.fixture(scope="session")
+def heatmap_tiff(cmu_slide: Path, clam_fine: Path, tmp_path_factory) -> Path:
+    """A pyramidal heatmap TIFF of CMU-1-Small-Region at vis_level 0 written by this tool."""
+    from vis_utils.heatmap import HeatmapStyle
+    from vis_utils.tiled import render_heatmap_tiff
+    from wsi_core.slide import open_slide
+
+    sf = read_scores(clam_fine)
+    out = tmp_path_factory.mktemp("tiff") / f"{SLIDE_ID}_heatmap.tif"
+    with open_slide(cmu_slide) as slide:
+        return render_heatmap_tiff(slide, sf.scores, sf.coords, patch_size_level0=(256, 256), vis_level=0,
+                                   contours=None, style=HeatmapStyle(segment=False), convert_to_percentiles=True,
+                                   out_path=out, compression="deflate").heatmap
