@@ -121,7 +121,7 @@ def create_app(registry: Registry, *, cache_bytes: int = 64 << 20) -> Flask:
                 "kind": registry.entry(eid).kind, **registry.entry(eid).info}
         if isinstance(h, ScoreSource):
             info.update(n_patches=len(h.coords), patch=h.patch, has_raw=h.raw is not None,
-                        has_class_scores=h.class_scores is not None, overlap=h.default_overlap,
+                        has_class_logits=h.class_logits is not None, overlap=h.default_overlap,
                         run_scale=h.run_scale is not None)
         return jsonify(info)
 

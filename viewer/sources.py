@@ -234,7 +234,7 @@ class ScoreSource:
         scores: ``(N,)`` float32 ``attention_scores``. coords: ``(N, 2)`` int64 level-0 px.
         percentiles: ``(N,)`` float64 0-100 (the file's own when it holds percentiles).
         raw: ``(N,)`` raw attention (``attention_raw``, else the file's scores when they are raw;
-            None when the file holds percentiles only). class_scores: ``(N, C)`` or None.
+            None when the file holds percentiles only). class_logits: ``(N, C)`` per-patch class logits or None.
         patch: ``(pw, ph)`` level-0 px. index: the :class:`GridIndex`.
 
     Raises:
@@ -264,10 +264,10 @@ class ScoreSource:
         self.patch = self._patch_wh()
         is_pct = scores_are_percentiles(sf, file_kind=None)
         self.percentiles = sf.scores.astype(np.float64) if is_pct else rank_percentiles(sf.scores)
-        self.raw, self.class_scores = (None if is_pct else sf.scores), None
+        self.raw, self.class_logits = (None if is_pct else sf.scores), None
         if has_raw_scores(self.path):
             rs = read_raw_scores(self.path)
-            self.raw, self.class_scores = rs.attention, rs.class_logits
+            self.raw, self.class_logits = rs.attention, rs.class_logits
         self.index = GridIndex(self.coords, self.patch)
         self._lock = threading.Lock()
         if "step_size" in self.attrs and self.patch[0]:
@@ -352,15 +352,15 @@ class ScoreSource:
     # ------------------------------------------------------------------ numbers
     def patch_record(self, i: np.ndarray) -> list[dict]:
         """JSON-able rows for patch indices ``i``: level-0 ``x, y, w, h``, ``attention`` (the
-        file's ``attention_scores``), ``raw`` attention, ``percentile`` (0-100), ``class_scores``."""
+        file's ``attention_scores``), ``raw`` attention, ``percentile`` (0-100), ``class_logits`` (per-patch class logits)."""
         rows = []
         for j in np.asarray(i, dtype=np.int64).tolist():
             r = {"index": j, "x": int(self.coords[j, 0]), "y": int(self.coords[j, 1]),
                  "w": self.patch[0], "h": self.patch[1], "attention": float(self.scores[j]),
                  "percentile": float(self.percentiles[j]),
                  "raw": None if self.raw is None else float(self.raw[j])}
-            if self.class_scores is not None:
-                r["class_scores"] = [float(v) for v in self.class_scores[j]]
+            if self.class_logits is not None:
+                r["class_logits"] = [float(v) for v in self.class_logits[j]]
             rows.append(r)
         return rows
 

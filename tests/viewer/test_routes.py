@@ -80,7 +80,7 @@ def test_value_route_returns_the_h5_numbers(client, our_scores):
     for p in got:
         assert p["raw"] == pytest.approx(float(sf.scores[p["index"]]))
         assert p["percentile"] == pytest.approx(pct[p["index"]])
-        assert p["class_scores"] == pytest.approx([p["raw"] / 10, -p["raw"] / 10], rel=1e-5)
+        assert p["class_logits"] == pytest.approx([p["raw"] / 10, -p["raw"] / 10], rel=1e-5)
         assert (p["x"], p["y"]) == tuple(c[p["index"]])
     assert client.get(f"/api/value/{SID}?x=5&y=5").get_json()["patches"] == []
 

@@ -79,7 +79,7 @@
       for (const q of data.patches) {
         text += `\npatch (${q.x}, ${q.y}) ${q.w}x${q.h}: raw attention ${q.raw === null ? "n/a" : q.raw.toPrecision(6)}` +
                 `, percentile ${q.percentile.toFixed(2)}` +
-                (q.class_scores ? `, class scores [${q.class_scores.map((s) => s.toPrecision(4)).join(", ")}]` : "");
+                (q.class_logits ? `, class logits [${q.class_logits.map((s) => s.toPrecision(4)).join(", ")}]` : "");
       }
     }
     $("readout").textContent = text;
