@@ -192,7 +192,7 @@ class TiffHeatmapSource(SlideSource):
             raise ConfigError(
                 f"{self.path}: heatmap TIFF level 0 is {w}x{h} px but slide {slide.slide.slide_id} is "
                 f"{sw}x{sh} px (a TIFF drawn at another vis_level or of another slide); view its score "
-                f"file instead: --heatmap {{slide}}_blockmap.h5 or the fine-pass H5")
+                "file instead: --heatmap with the slide's blockmap or fine-pass H5")
 
 
 @dataclass(frozen=True)
