@@ -183,7 +183,7 @@ def create_app(registry: Registry, *, cache_bytes: int = 64 << 20) -> Flask:
     def colorbar(eid):
         src = registry.heatmap(eid)
         if not isinstance(src, ScoreSource):
-            return jsonify({"kind": "tiff", "units": "as drawn in the TIFF (see its _colorbar.png)"})
+            return jsonify({"kind": "tiff", "units": "as drawn in the TIFF (see the colour bar PNG written beside it)"})
         style = parse_style(request.args, src)
         _, scale = src.plan(style)
         lut = colormap_lut(style.cmap)
