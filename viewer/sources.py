@@ -39,11 +39,12 @@ from wsi_core.levels import patch_footprint_level0, to_level_px
 from wsi_core.slide import Slide, open_slide
 
 __all__ = ["TILE_SIZE", "TILE_OVERLAP", "GridIndex", "SlideSource", "TiffHeatmapSource", "ScoreSource",
-           "TileStyle", "TileCache", "dz_tile_box"]
+           "TileStyle", "TileCache", "dz_tile_box", "min_dz_level"]
 
 TILE_SIZE = 254            # Deep Zoom tile size (px) and overlap: 256-px tiles on the wire
 TILE_OVERLAP = 1
 JPEG_QUALITY = 80
+WARM_MIN_PATCHES = 20_000   # overview tiles drawn ahead (per tile, patches under it)
 
 
 def dz_tile_box(dz: DeepZoomGenerator, level: int, col: int, row: int) -> tuple[int, int, int, int]:
@@ -59,6 +60,11 @@ def dz_tile_box(dz: DeepZoomGenerator, level: int, col: int, row: int) -> tuple[
     x1 = min(w, (col + 1) * TILE_SIZE + (TILE_OVERLAP if col < nc - 1 else 0))
     y1 = min(h, (row + 1) * TILE_SIZE + (TILE_OVERLAP if row < nr - 1 else 0))
     return x0, y0, x1, y1
+
+
+def min_dz_level(dz: DeepZoomGenerator) -> int:
+    """The deepest Deep Zoom level that is a single tile: the page asks for nothing coarser."""
+    return max(lvl for lvl in range(dz.level_count) if dz.level_tiles[lvl] == (1, 1))
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
@@ -116,26 +122,37 @@ class GridIndex:
 
 
 class TileCache:
-    """A thread-safe LRU of encoded tiles, bounded in bytes."""
+    """A thread-safe LRU of encoded tiles, bounded in bytes; a tile being made by one thread is
+    waited for by the others (never made twice at once)."""
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self.max_bytes, self.size = int(max_bytes), 0
         self._d: OrderedDict[tuple, bytes] = OrderedDict()
+        self._busy: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
 
     def get(self, key: tuple, make: Callable[[], bytes]) -> bytes:
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key)
-                return self._d[key]
-        data = make()
-        with self._lock:
-            if key not in self._d:
+        while True:
+            with self._lock:
+                if key in self._d:
+                    self._d.move_to_end(key)
+                    return self._d[key]
+                wait = self._busy.get(key)
+                if wait is None:
+                    self._busy[key] = threading.Event()
+                    break
+            wait.wait()
+        try:
+            data = make()
+            with self._lock:
                 self._d[key] = data
                 self.size += len(data)
-            while self.size > self.max_bytes and len(self._d) > 1:
-                self.size -= len(self._d.popitem(last=False)[1])
-        return data
+                while self.size > self.max_bytes and len(self._d) > 1:
+                    self.size -= len(self._d.popitem(last=False)[1])
+            return data
+        finally:
+            with self._lock:
+                self._busy.pop(key).set()
 
 
 class SlideSource:
@@ -348,6 +365,19 @@ class ScoreSource:
 
     def tile(self, level: int, col: int, row: int, style: TileStyle) -> bytes:
         return _png(self.render(level, dz_tile_box(self.slide.dz, level, col, row), style))
+
+    def overview_tiles(self, min_patches: int = WARM_MIN_PATCHES) -> list[tuple[int, int, int]]:
+        """``(level, col, row)`` of the overview tiles, coarse first: from the deepest Deep Zoom
+        level that is one tile (the page's lowest level) up to the last level whose tiles hold
+        ``min_patches`` patches or more on average - the tiles that cost most to draw."""
+        dz, out = self.slide.dz, []
+        first = min_dz_level(dz)
+        for level in range(first, dz.level_count):
+            cols, rows = dz.level_tiles[level]
+            if level > first and len(self.coords) / (cols * rows) < min_patches:
+                break
+            out += [(level, c, r) for r in range(rows) for c in range(cols)]
+        return out
 
     # ------------------------------------------------------------------ numbers
     def patch_record(self, i: np.ndarray) -> list[dict]:

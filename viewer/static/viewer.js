@@ -34,7 +34,7 @@
     const fmt = layer === "heatmap" && info.kind === "scores" ? "png" : "jpeg";
     const q = layer === "heatmap" ? styleQuery() : "";
     const maxLevel = Math.ceil(Math.log2(Math.max(info.width, info.height)));
-    return { width: info.width, height: info.height, tileSize: 254, tileOverlap: 1, minLevel: 0, maxLevel,
+    return { width: info.width, height: info.height, tileSize: 254, tileOverlap: 1, minLevel: info.min_level, maxLevel,
              getTileUrl: (l, x, y) => `/tiles/${encodeURIComponent(entry)}/${layer}/${l}/${x}_${y}.${fmt}${q}` };
   }
 
