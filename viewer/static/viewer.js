@@ -67,8 +67,16 @@
     return item(v).viewportToImageCoordinates(vp);
   }
 
-  async function hover(v, e) {
+  let inflight = false, queued = null;
+  async function hover(v, e) {                         // one value request at a time; the latest move wins
     if (!item(v)) return;
+    if (inflight) { queued = [v, e]; return; }
+    inflight = true;
+    try { await showValue(v, e); } finally { inflight = false; }
+    if (queued) { const [qv, qe] = queued; queued = null; hover(qv, qe); }
+  }
+
+  async function showValue(v, e) {
     const p = level0At(v, e), x = Math.round(p.x), y = Math.round(p.y);
     const stamp = ++lastMove;
     let text = `x ${x}, y ${y} (level-0 px)`;
