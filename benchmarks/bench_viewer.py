@@ -17,9 +17,11 @@ Steps (``--workdir`` keeps the files for the next run):
 3. Tiles over HTTP (one keep-alive connection, sequential, cold LRU: every tile asked once): N
    random tiles from the 4 deepest Deep Zoom levels (level 0 to downsample 8: what a reader sees
    zoomed in) per layer: slide, TIFF heatmap, on-the-fly heatmap; then the overview levels of the
-   on-the-fly heatmap (downsample 16 and up, where one tile covers many patches) reported apart.
+   on-the-fly heatmap (from the one-tile level up, coarse first: a tile covers up to all N patches)
+   reported apart.
 4. First paint: headless Chromium (Debian's, via playwright) opens the page; time from navigation
    to both viewers drawn (``wsiViewer.fullyLoaded()``), for each entry, server warm but tiles cold.
+   A screenshot of the zoomed-in view goes to ``WORKDIR/viewer_screenshot.png``.
 5. Server memory: VmRSS and VmHWM of the server process at the end.
 
 Run from the repository root: ``python benchmarks/bench_viewer.py [--width 100000 --height 80000]
@@ -126,8 +128,8 @@ def tile_latencies(port: int, width: int, height: int, n: int) -> dict:
     deep = levels[-4:]
     picks = [(lvl, rng.randrange(c), rng.randrange(r)) for lvl, c, r in (rng.choice(deep) for _ in range(n))]
     picks = list(dict.fromkeys(picks))
-    overview = [(lvl, c, r) for lvl, nc, nr in levels[:-4] for c in range(nc) for r in range(nr)]
-    overview = overview[-n:]
+    first = max(lvl for lvl, nc, nr in levels if nc == nr == 1)     # the page's lowest level
+    overview = [(lvl, c, r) for lvl, nc, nr in levels[first:-4] for r in range(nr) for c in range(nc)][:n]
     conn = http.client.HTTPConnection("127.0.0.1", port)
     out = {}
     for name, url in (("slide", "/tiles/tiff/slide/{}/{}_{}.jpeg"), ("heatmap TIFF", "/tiles/tiff/heatmap/{}/{}_{}.jpeg"),
@@ -136,13 +138,13 @@ def tile_latencies(port: int, width: int, height: int, n: int) -> dict:
         ts = [_get(conn, url.format(*p))[0] * 1000 for p in picks[1:]]
         out[name] = {"n": len(ts), "p50_ms": _p(ts, 50), "p95_ms": _p(ts, 95), "max_ms": max(ts)}
     ts = [_get(conn, "/tiles/scores/heatmap/{}/{}_{}.png?cmap=coolwarm".format(*p))[0] * 1000 for p in overview]
-    out["on the fly, overview levels (downsample >= 16)"] = {"n": len(ts), "p50_ms": _p(ts, 50), "p95_ms": _p(ts, 95),
+    out[f"on the fly, overview (levels {overview[0][0]}-{overview[-1][0]}, coarse first)"] = {"n": len(ts), "p50_ms": _p(ts, 50), "p95_ms": _p(ts, 95),
                                                              "max_ms": max(ts)}
     conn.close()
     return out
 
 
-def first_paint(port: int) -> dict:
+def first_paint(port: int, shot: Path) -> dict:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -161,7 +163,7 @@ def first_paint(port: int) -> dict:
                                    timeout=60_000, polling=10)
             out[f"{eid}{' (zoomed in, deep link)' if style else ' (whole slide)'}"] = round(time.perf_counter() - t, 3)
             if eid == "scores" and style:
-                page.screenshot(path=str(REPO / "benchmarks" / "viewer_screenshot.png"))
+                page.screenshot(path=str(shot))
             page.close()
         b.close()
     return out
@@ -191,10 +193,10 @@ def main() -> None:
     try:
         port = int(proc.stdout.readline())
         start = time.perf_counter() - t
-        res = {"slide": f"{a.width} x {a.height} ({slide.name})", "server_start_s": round(start, 2),
+        res = {"slide": f"{a.width} x {a.height} ({slide.name})",  "server_start_s": round(start, 2),
                "rss_after_start": rss(proc.pid)}
         res["tiles"] = tile_latencies(port, a.width, a.height, a.tiles)
-        res["first_paint_s"] = first_paint(port)
+        res["first_paint_s"] = first_paint(port, a.workdir / "viewer_screenshot.png")
         res["server_memory"] = rss(proc.pid)
     finally:
         proc.terminate()

@@ -23,7 +23,6 @@ URL, a bad style value, a tile that does not exist, a file the project refuses).
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 
 import cv2
@@ -77,32 +76,13 @@ def parse_style(args, source: ScoreSource) -> TileStyle:
     return style
 
 
-def create_app(registry: Registry, *, cache_bytes: int = 64 << 20, warm: bool = True) -> Flask:
-    """The viewer app serving ``registry``'s entries (see the module docstring).
-
-    ``warm``: when a score-file entry is first opened (``/api/slide/<eid>``), a background thread
-    draws its overview tiles in the default style into the LRU (``ScoreSource.overview_tiles``),
-    so the whole-slide view of a large score file paints from the cache.
-    """
+def create_app(registry: Registry, *, cache_bytes: int = 64 << 20) -> Flask:
+    """The viewer app serving ``registry``'s entries (see the module docstring); ``cache_bytes``
+    bounds the LRU of encoded tiles."""
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.config["registry"] = registry
     cache = TileCache(cache_bytes)
     app.config["tile_cache"] = cache
-    warmed: set[str] = set()
-
-    def warm_up(eid: str) -> None:
-        src = registry.heatmap(eid)
-        if not warm or not isinstance(src, ScoreSource) or eid in warmed:
-            return
-        warmed.add(eid)
-        style = parse_style({}, src)
-
-        def run() -> None:
-            for level, col, row in src.overview_tiles():
-                cache.get((eid, "heatmap", style, level, col, row), lambda: src.tile(level, col, row, style))
-        threading.Thread(target=run, name=f"warm-{eid}", daemon=True).start()
-
-    app.config["warm_up"] = warm_up
 
     @app.before_request
     def refuse_dot_dot():
@@ -138,7 +118,6 @@ def create_app(registry: Registry, *, cache_bytes: int = 64 << 20, warm: bool = 
     def slide_info(eid):
         s = registry.slide(eid)
         h = registry.heatmap(eid)
-        warm_up(eid)
         info = {"id": eid, "width": s.dimensions[0], "height": s.dimensions[1], "mpp": s.slide.mpp,
                 "min_level": min_dz_level(s.dz),
                 "kind": registry.entry(eid).kind, **registry.entry(eid).info}

@@ -21,6 +21,7 @@ from wsi_core.errors import ConfigError, WsiHeatmapsError
 
 from .app import create_app
 from .registry import Registry
+from .sources import limit_arenas
 
 __all__ = ["main", "build_parser", "serve"]
 
@@ -59,6 +60,7 @@ def serve(registry: Registry, host: str = "127.0.0.1", port: int = 8000) -> Base
     Raises:
         ConfigError: the port is in use or the address cannot be bound (one line).
     """
+    limit_arenas()
     try:      # werkzeug prints several lines and exits when the port is taken: check first
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

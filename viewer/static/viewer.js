@@ -41,7 +41,8 @@
   function makeViewer(el, sources) {
     const v = OpenSeadragon({ element: el, prefixUrl: "/static/openseadragon/images/", drawer: "canvas",
                               showNavigationControl: false, crossOriginPolicy: "Anonymous",
-                              tileSources: sources, animationTime: 0.4, visibilityRatio: 0.2 });
+                              tileSources: sources, animationTime: 0.4, visibilityRatio: 0.2,
+                              immediateRender: true });   // the needed level only: coarse tiles of a big score file are the dearest
     for (const ev of ["pointerdown", "wheel", "pointerenter", "keydown"]) {
       el.addEventListener(ev, () => { leader = v; }, { passive: true });
     }
