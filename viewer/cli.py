@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="the run's results CSV (label, Pred_c, p_c per slide)")
     p.add_argument("--slide-dir", help="where the run's slides are (default: data_dir of RAW_DIR/EXP/config.yaml)")
     p.add_argument("--patch-size", type=int, help="level-0 px of one patch, for score files that do not say it")
+    p.add_argument("--score-kind", choices=("raw", "percentile"),
+                   help="what the score files hold when they do not say (CLAM's fine-pass H5 holds percentiles; "
+                        "default: raw attention)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: a free one)")
     p.add_argument("--open", action="store_true", help="open the page in a web browser")
@@ -48,10 +51,10 @@ def build_registry(args: argparse.Namespace) -> Registry:
         if args.slide or args.heatmap:
             raise ConfigError("pass either --run or --slide with --heatmap, not both")
         return Registry.from_run(args.run, slide_dir=args.slide_dir, results_csv=args.results,
-                                 patch_size=args.patch_size)
+                                 patch_size=args.patch_size, score_kind=args.score_kind)
     if not (args.slide and args.heatmap):
         raise ConfigError("pass --slide SLIDE --heatmap HEATMAP (or --run RAW_DIR/EXP)")
-    return Registry.single(args.slide, args.heatmap, patch_size=args.patch_size)
+    return Registry.single(args.slide, args.heatmap, patch_size=args.patch_size, score_kind=args.score_kind)
 
 
 def serve(registry: Registry, host: str = "127.0.0.1", port: int = 8000) -> BaseWSGIServer:

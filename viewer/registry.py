@@ -68,9 +68,9 @@ def _inside(path: Path, root: Path) -> bool:
 class Registry:
     """Entries by id, and their sources opened once (thread-safe)."""
 
-    def __init__(self, entries: list[Entry], *, patch_size: int | None = None) -> None:
+    def __init__(self, entries: list[Entry], *, patch_size: int | None = None, score_kind: str | None = None) -> None:
         self.entries = {e.id: e for e in entries}
-        self.patch_size = patch_size
+        self.patch_size, self.score_kind = patch_size, score_kind
         self._slides: dict[Path, SlideSource] = {}
         self._heatmaps: dict[str, object] = {}
         self._run_scales: dict[tuple, object] = {}
@@ -79,7 +79,7 @@ class Registry:
     # ------------------------------------------------------------------ construction
     @classmethod
     def single(cls, slide: str | os.PathLike[str], heatmap: str | os.PathLike[str], *,
-               patch_size: int | None = None) -> "Registry":
+               patch_size: int | None = None, score_kind: str | None = None) -> "Registry":
         """One slide and heatmap, opened (and checked) now.
 
         Raises:
@@ -90,13 +90,14 @@ class Registry:
             raise ConfigError(f"heatmap not found: {heatmap}; pass a heatmap TIFF or a score H5 with --heatmap")
         kind = "tiff" if heatmap.suffix.lower() in TIFF_SUFFIXES else "scores"
         sid = Path(slide).stem
-        reg = cls([Entry(sid, sid, slide, heatmap, kind)], patch_size=patch_size)
+        reg = cls([Entry(sid, sid, slide, heatmap, kind)], patch_size=patch_size, score_kind=score_kind)
         reg.heatmap(sid)
         return reg
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike[str], *, slide_dir: str | os.PathLike[str] | None = None,
-                 results_csv: str | os.PathLike[str] | None = None, patch_size: int | None = None) -> "Registry":
+                 results_csv: str | os.PathLike[str] | None = None, patch_size: int | None = None,
+                 score_kind: str | None = None) -> "Registry":
         """Every slide of a run (see the module docstring).
 
         Raises:
@@ -143,7 +144,7 @@ class Registry:
                                          group=h5.name[len(slide_id):], info=info))
         if not entries:
             raise ConfigError(f"{run}: no {{label}}/{{slide_id}}/ folder with a score H5 and a slide in {slide_dir}")
-        return cls(entries, patch_size=patch_size)
+        return cls(entries, patch_size=patch_size, score_kind=score_kind)
 
     # ------------------------------------------------------------------ lookup
     def entry(self, eid: str) -> Entry:
@@ -168,7 +169,7 @@ class Registry:
                     self._heatmaps[eid] = TiffHeatmapSource(e.heatmap_path, slide)
                 else:
                     self._heatmaps[eid] = ScoreSource(e.heatmap_path, slide, patch_size=self.patch_size,
-                                                      run_scale=self._run_scale_fn(e))
+                                                      run_scale=self._run_scale_fn(e), score_kind=self.score_kind)
             return self._heatmaps[eid]
 
     def _run_scale_fn(self, e: Entry):

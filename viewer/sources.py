@@ -34,7 +34,7 @@ from openslide.deepzoom import DeepZoomGenerator
 from vis_utils.heatmap import HeatmapPlan, HeatmapStyle, blur_ksize, plan_heatmap, render_on_canvas
 from vis_utils.normalize import ScoreScale, fit_scale
 from vis_utils.percentiles import rank_percentiles
-from wsi_core.errors import ConfigError, FeatureFileError, SlideOpenError
+from wsi_core.errors import ConfigError, FeatureFileError
 from wsi_core.formats import has_raw_scores, read_raw_scores, read_scores, scores_are_percentiles
 from wsi_core.levels import patch_footprint_level0, to_level_px
 from wsi_core.slide import Slide, open_slide
@@ -179,8 +179,6 @@ class SlideSource:
     """A slide served as Deep Zoom (JPEG tiles). Raises SlideOpenError (one line) when OpenSlide
     cannot open it."""
 
-    fmt = "jpeg"
-
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.slide: Slide = open_slide(self.path)
@@ -208,9 +206,6 @@ class SlideSource:
         if rgb.shape[1] != x1 - x0 or rgb.shape[0] != y1 - y0:
             rgb = cv2.resize(rgb, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
         return rgb
-
-    def dzi(self) -> str:
-        return self.dz.get_dzi(self.fmt)
 
 
 class TiffHeatmapSource(SlideSource):
@@ -273,6 +268,9 @@ class ScoreSource:
         raw: ``(N,)`` raw attention (``attention_raw``, else the file's scores when they are raw;
             None when the file holds percentiles only). class_logits: ``(N, C)`` per-patch class logits or None.
         patch: ``(pw, ph)`` level-0 px. index: the :class:`GridIndex`.
+        score_kind: what ``attention_scores`` hold when the file does not say (``score_kind``
+            attribute): ``'raw'`` or ``'percentile'`` (CLAM's fine-pass H5 with use_ref_scores);
+            None: raw.
 
     Raises:
         FeatureFileError: not a score file (no ``attention_scores``), coords outside the slide,
@@ -283,6 +281,7 @@ class ScoreSource:
     slide: SlideSource
     patch_size: int | None = None
     run_scale: Callable[[float, float], ScoreScale] | None = None
+    score_kind: str | None = None
     _plans: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -299,7 +298,11 @@ class ScoreSource:
                 f"{self.slide.slide.slide_id} ({w}x{h} level-0 px), e.g. ({x}, {y}); is it the score "
                 "file of another slide?")
         self.patch = self._patch_wh()
-        is_pct = scores_are_percentiles(sf, file_kind=None)
+        if self.score_kind not in (None, "raw", "percentile"):
+            raise ConfigError(f"score kind must be 'raw' or 'percentile', got {self.score_kind!r}")
+        said = sf.attrs.get("score_kind")
+        is_pct = scores_are_percentiles(sf, file_kind=None) if said is not None or self.score_kind is None \
+            else self.score_kind == "percentile"
         self.percentiles = sf.scores.astype(np.float64) if is_pct else rank_percentiles(sf.scores)
         self.raw, self.class_logits = (None if is_pct else sf.scores), None
         if has_raw_scores(self.path):

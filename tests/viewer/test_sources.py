@@ -56,3 +56,17 @@ def test_run_ignores_files_whose_real_path_leaves_it(clam_run, slides_dir, tmp_p
 def test_create_heatmaps_view_is_the_viewer(capsys):
     assert create_heatmaps.main(["view", "--slide", "nope.svs", "--heatmap", "nope.h5"]) == 2
     assert "heatmap not found: nope.h5" in capsys.readouterr().err
+
+
+def test_clam_fine_pass_read_as_percentiles_when_told(cmu_slide, clam_fine):
+    """CLAM's fine-pass H5 does not say it holds percentiles: raw by default, percentiles with
+    --score-kind percentile (then no raw attention is claimed)."""
+    from wsi_core.formats import read_scores
+    sf = read_scores(clam_fine)
+    as_raw = Registry.single(cmu_slide, clam_fine, patch_size=256).heatmap(SID)
+    told = Registry.single(cmu_slide, clam_fine, patch_size=256, score_kind="percentile").heatmap(SID)
+    np.testing.assert_array_equal(as_raw.raw, sf.scores)
+    assert told.raw is None
+    np.testing.assert_array_equal(told.percentiles, sf.scores.astype(np.float64))
+    p = told.value_at(1000, 1000)[0]
+    assert p["raw"] is None and p["percentile"] == pytest.approx(float(sf.scores[p["index"]]))
