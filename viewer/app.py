@@ -31,7 +31,7 @@ from flask import Flask, Response, jsonify, request, send_from_directory
 from vis_utils.raster import colormap_lut
 from wsi_core.errors import WsiHeatmapsError
 
-from .registry import Registry
+from .registry import NotRegistered, Registry
 from .sources import ScoreSource, TileCache, TileStyle, min_dz_level
 
 __all__ = ["create_app", "parse_style"]
@@ -90,9 +90,9 @@ def create_app(registry: Registry, *, cache_bytes: int = 64 << 20) -> Flask:
             return _error(400, "refused: '..' in the URL (the viewer serves registered files by id only)")
         return None
 
-    @app.errorhandler(KeyError)
+    @app.errorhandler(NotRegistered)
     def unknown(exc):
-        return _error(404, exc.args[0] if exc.args else str(exc))
+        return _error(404, exc.args[0])
 
     @app.errorhandler(BadRequest)
     def bad(exc):
@@ -132,7 +132,7 @@ def create_app(registry: Registry, *, cache_bytes: int = 64 << 20) -> Flask:
             return registry.slide(eid)
         if layer == "heatmap":
             return registry.heatmap(eid)
-        raise KeyError(f"no layer {layer!r}; use slide or heatmap")
+        raise NotRegistered(f"no layer {layer!r}; use slide or heatmap")
 
     @app.get("/dzi/<eid>/<layer>.dzi")
     def dzi(eid, layer):

@@ -31,10 +31,14 @@ from wsi_core.formats import ATTENTION_SCORES
 
 from .sources import ScoreSource, SlideSource, TiffHeatmapSource
 
-__all__ = ["Entry", "Registry", "TIFF_SUFFIXES"]
+__all__ = ["Entry", "Registry", "NotRegistered", "TIFF_SUFFIXES"]
 
 log = logging.getLogger(__name__)
 TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class NotRegistered(KeyError):
+    """An id (or layer) the viewer was not given at start; its one-line message is ``args[0]``."""
 
 
 @dataclass
@@ -148,9 +152,9 @@ class Registry:
 
     # ------------------------------------------------------------------ lookup
     def entry(self, eid: str) -> Entry:
-        """Raises KeyError with a one-line message for an id not registered at start."""
+        """Raises NotRegistered (a KeyError, one line) for an id not registered at start."""
         if eid not in self.entries:
-            raise KeyError(f"no slide {eid!r} is registered in this viewer (it serves only the files named at start)")
+            raise NotRegistered(f"no slide {eid!r} is registered in this viewer (it serves only the files named at start)")
         return self.entries[eid]
 
     def slide(self, eid: str) -> SlideSource:
