@@ -12,7 +12,7 @@ import importlib
 import sys
 
 #: subcommand -> "module:function" taking argv (list[str]) and returning the exit status
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {"view": "viewer.cli:main"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,6 +105,11 @@ class Slide:
         return out
 
     @property
+    def handle(self) -> openslide.OpenSlide:
+        """The OpenSlide handle, for OpenSlide's own tools (e.g. ``openslide.deepzoom``)."""
+        return self._osr
+
+    @property
     def dimensions(self) -> tuple[int, int]:
         """Level-0 ``(width, height)`` px."""
         return self.level_dimensions[0]
