@@ -330,12 +330,11 @@ def _filled(bands: Iterator[np.ndarray | None], w: int, h: int, box: tuple[int, 
     for band in bands:
         if band is None:
             rows = min(band_rows, h - y)
-            if box is not None and box[1] < y + rows and y < box[3]:
-                raise ValueError(f"write_pyramidal_tiff: band rows {y}-{y + rows} overlap the content box "
-                                 f"{tuple(box)} but were given as None")
-            if grid is not None and grid[y // tile:-(-(y + rows) // tile)].any():
-                raise ValueError(f"write_pyramidal_tiff: band rows {y}-{y + rows} hold content tiles "
-                                 "but were given as None")
+            outside_box = box is not None and not (box[1] < y + rows and y < box[3])
+            no_tiles = grid is not None and not grid[y // tile:-(-(y + rows) // tile)].any()
+            if not (outside_box or no_tiles):
+                what = f"overlap the content box {tuple(box)}" if grid is None else "hold content tiles"
+                raise ValueError(f"write_pyramidal_tiff: band rows {y}-{y + rows} {what} but were given as None")
             band = np.empty((rows, w, len(pixel)), np.uint8)
             band[:] = pixel
         y += len(band)
