@@ -339,6 +339,7 @@ def _filled(bands: Iterator[np.ndarray | None], w: int, h: int, box: tuple[int, 
             band[:] = pixel
         y += len(band)
         yield band
+        del band        # do not hold this band while the next one is rendered
 
 
 def _as_band(band: np.ndarray, w: int, samples: int | None) -> np.ndarray:
@@ -456,8 +457,8 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
                 keep = lv.content_tiles(base // lv.ntx)   # the other tiles stay empty: offset 0, count 0
                 for k, tile in _tile_row(chunk, tile_size, lv.w, keep):
                     pending.append((lv, base + k, pool.submit(encode, tile)))
+                    drain(MAX_QUEUED_TILES)
                 lv.tiles_done += lv.ntx
-                drain(MAX_QUEUED_TILES)
             if i + 1 < len(levels) and len(rows):
                 feed(i + 1, downs[i](rows))
 

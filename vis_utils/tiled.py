@@ -51,6 +51,7 @@ class TiffHeatmap(NamedTuple):
 
 
 MASK_EDGE_ROWS = 2048      # contour edges are followed this far past a band border (see below)
+WINDOW_BLOCKS = 8          # sparse rendering: at most this many CLAM blocks per window (memory)
 
 
 def scaled_contours(contours, scale: np.ndarray, use_holes: bool) -> list:
@@ -259,8 +260,9 @@ def sparse_band_renderer(slide: Slide, plan: HeatmapPlan, contours: TissueContou
     (``grid``: tiles of the output image in which the plan's canvas sits at ``origin``, as
     :func:`content_tile_grid` gives them).
 
-    The marked tile columns of the band's tile rows, widened to CLAM's 1024-px blocks, over the
-    band's rows of marked tiles, are read from the slide (whole CLAM blocks) and rendered (each
+    The marked tile columns of the band's tile rows, widened to CLAM's 1024-px blocks (in windows
+    of at most ``WINDOW_BLOCKS`` blocks), over the band's rows of marked tiles, are read from the
+    slide (whole CLAM blocks) and rendered (each
     window with the blur halo on every side, so its pixels equal :func:`band_renderer`'s); the rest
     of the band is white and never read. A band without marked
     tiles is None. With :func:`content_tile_grid` as ``grid`` and ``write_pyramidal_tiff(...,
@@ -293,6 +295,8 @@ def sparse_band_renderer(slide: Slide, plan: HeatmapPlan, contours: TissueContou
         np.add.at(d, (c1 - 1) // block + 1, -1)
         per_block = (np.cumsum(d)[:nblocks] > 0).astype(np.int8)
         edges_ = np.flatnonzero(np.diff(np.concatenate(([0], per_block, [0]))))
+        runs = [(k, min(k + WINDOW_BLOCKS, e)) for b_, e in zip(edges_[::2], edges_[1::2])
+                for k in range(int(b_), int(e), WINDOW_BLOCKS)]       # windows of bounded width
         out = np.full((b - a, w, 3), 255, np.uint8)
         ra, rb = max(0, a - halo), min(h, b + halo)
         tissue = None
@@ -300,7 +304,7 @@ def sparse_band_renderer(slide: Slide, plan: HeatmapPlan, contours: TissueContou
             tissue = band_tissue_mask(scaled, top_left=plan.top_left, scale=plan.scale, width=w,
                                       rows=(ra, rb), height=h, edge_rows=edges)
         rows_sel = (ys < rb) & (ys + ph > ra)
-        for k0, k1 in zip(edges_[::2], edges_[1::2]):
+        for k0, k1 in runs:
             xa, xb = int(k0) * block, min(w, int(k1) * block)
             # the band's rows with marked tiles under these columns
             marked = np.flatnonzero(grid[ty0:ty1, (xa + ox) // tile:(xb - 1 + ox) // tile + 1].any(axis=1))
