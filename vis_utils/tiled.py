@@ -121,6 +121,10 @@ class _BaseReader:
         self.w, self.h = plan.region_size
         self.block = min(CLAM_BLOCK, self.h)
         self.cache: tuple[int, int, np.ndarray] | None = None
+        # at an integer level downsample (level 0 above all) CLAM's block reads land on the level's
+        # own pixel grid, so any window of the canvas may be read directly, with the same pixels
+        dsx, dsy = slide.level_downsamples[plan.vis_level]
+        self.integer_downsample = float(dsx).is_integer() and float(dsy).is_integer()
 
     def rows(self, a: int, b: int, *, next_start: int | None = None) -> np.ndarray:
         """Canvas rows ``[a, b)`` ``(b - a, w, 3)`` uint8 (a fresh array the caller may modify).
@@ -152,7 +156,8 @@ class _BaseReader:
     def window(self, a: int, b: int, x0: int, x1: int) -> np.ndarray:
         """Canvas rows ``[a, b)`` x columns ``[x0, x1)`` ``(b - a, x1 - x0, 3)`` uint8 (a fresh
         array): the same pixels as :meth:`rows` there, from the CLAM blocks that hold them (no
-        cache: a window's block rows are read once per call)."""
+        cache: a window's block rows are read once per call), or - at an integer level
+        downsample, where they are the same - from the window alone."""
         w, (tx, ty) = self.w, self.plan.top_left
         if self.style.blank_canvas:
             return np.full((b - a, x1 - x0, 3), 255, dtype=np.uint8)
@@ -163,6 +168,8 @@ class _BaseReader:
         bw = min(CLAM_BLOCK, w)
         a0, b0 = a // self.block * self.block, min(self.h, -(-b // self.block) * self.block)
         c0, c1 = x0 // bw * bw, min(w, -(-x1 // bw) * bw)
+        if self.integer_downsample:      # every block read gives the same pixels: read the window alone
+            a0, b0, c0, c1 = a, b, x0, x1
         stepx, stepy = max(int(dsx), 1), max(int(dsy), 1)
         chunk = read_canvas(self.slide, vis_level=self.plan.vis_level,
                             top_left=(tx + c0 * stepx, ty + a0 * stepy), region_size=(c1 - c0, b0 - a0))
@@ -260,9 +267,9 @@ def sparse_band_renderer(slide: Slide, plan: HeatmapPlan, contours: TissueContou
     (``grid``: tiles of the output image in which the plan's canvas sits at ``origin``, as
     :func:`content_tile_grid` gives them).
 
-    The marked tile columns of the band's tile rows, widened to CLAM's 1024-px blocks (in windows
-    of at most ``WINDOW_BLOCKS`` blocks), over the band's rows of marked tiles, are read from the
-    slide (whole CLAM blocks) and rendered (each
+    The marked tile columns of the band's tile rows - widened to CLAM's 1024-px blocks unless the
+    level downsample is an integer (level 0), in windows of at most ``WINDOW_BLOCKS`` blocks - over
+    the band's rows of marked tiles, are read from the slide and rendered (each
     window with the blur halo on every side, so its pixels equal :func:`band_renderer`'s); the rest
     of the band is white and never read. A band without marked
     tiles is None. With :func:`content_tile_grid` as ``grid`` and ``write_pyramidal_tiff(...,
@@ -295,8 +302,14 @@ def sparse_band_renderer(slide: Slide, plan: HeatmapPlan, contours: TissueContou
         np.add.at(d, (c1 - 1) // block + 1, -1)
         per_block = (np.cumsum(d)[:nblocks] > 0).astype(np.int8)
         edges_ = np.flatnonzero(np.diff(np.concatenate(([0], per_block, [0]))))
-        runs = [(k, min(k + WINDOW_BLOCKS, e)) for b_, e in zip(edges_[::2], edges_[1::2])
+        runs = [(k * block, min(k + WINDOW_BLOCKS, e) * block) for b_, e in zip(edges_[::2], edges_[1::2])
                 for k in range(int(b_), int(e), WINDOW_BLOCKS)]       # windows of bounded width
+        if base.integer_downsample:      # no block alignment needed: the marked tiles' columns only
+            starts = np.concatenate(([True], c0[1:] != c1[:-1]))
+            ends = np.concatenate((c0[1:] != c1[:-1], [True]))
+            runs = [(int(x), min(int(x) + WINDOW_BLOCKS * block, int(e)))
+                    for s_, e in zip(c0[starts], c1[ends])
+                    for x in range(int(s_), int(e), WINDOW_BLOCKS * block)]
         out = np.full((b - a, w, 3), 255, np.uint8)
         ra, rb = max(0, a - halo), min(h, b + halo)
         tissue = None
@@ -304,8 +317,8 @@ def sparse_band_renderer(slide: Slide, plan: HeatmapPlan, contours: TissueContou
             tissue = band_tissue_mask(scaled, top_left=plan.top_left, scale=plan.scale, width=w,
                                       rows=(ra, rb), height=h, edge_rows=edges)
         rows_sel = (ys < rb) & (ys + ph > ra)
-        for k0, k1 in runs:
-            xa, xb = int(k0) * block, min(w, int(k1) * block)
+        for xa, xb in runs:
+            xb = min(w, xb)
             # the band's rows with marked tiles under these columns
             marked = np.flatnonzero(grid[ty0:ty1, (xa + ox) // tile:(xb - 1 + ox) // tile + 1].any(axis=1))
             ya = max(a, (ty0 + int(marked[0])) * tile - oy)

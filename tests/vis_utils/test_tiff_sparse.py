@@ -98,7 +98,7 @@ def test_background_tiles_empty_and_transparent_tissue_tiles_exact(tmp_path, lev
 
 
 def test_background_is_not_read_from_the_slide(tmp_path):
-    """Tissue in one corner of a 4500 x 2100 slide: only the CLAM blocks under its tiles are read."""
+    """Tissue in one corner of a 4500 x 2100 slide: only its tiles are read from the slide."""
     slide = FakeSlide(_image(4500, 2100), [], slide_id="corner")
     disc = cv2.ellipse2Poly((700, 600), (400, 350), 0, 0, 360, 5).reshape(-1, 1, 2).astype(np.int32)
     xs, ys = np.meshgrid(np.arange(300, 1000, 128), np.arange(250, 850, 128))
@@ -111,7 +111,11 @@ def test_background_is_not_read_from_the_slide(tmp_path):
     slide.reads.clear()
     render_heatmap_tiff(slide, scores, coords, **kw, empty_background=True)
     sparse = sum(w * h for _, _, (w, h) in slide.reads)
-    assert dense == 4500 * 2100 and sparse == 2048 * 1024, (dense, sparse)   # 2 CLAM blocks over tile rows 0-3
+    with tifffile.TiffFile(tmp_path / "h.tif") as tf:
+        marked = np.array(tf.pages[0].databytecounts) > 0
+    assert marked.sum() == 16                                  # 4 x 4 tiles of 256 px with colour
+    # level 0 (integer downsample): exactly those tiles are read, not the CLAM blocks around them
+    assert dense == 4500 * 2100 and sparse == 16 * 256 * 256, (dense, sparse)
 
 
 def test_jpeg_tissue_tiles_are_the_dense_files_tiles(tmp_path):
