@@ -490,8 +490,12 @@ def render_heatmap_tiff(slide: Slide, scores: np.ndarray, coords: np.ndarray, *,
         grey = score_band_renderer(plan, style)
         if place is not None:
             grey, _ = _in_slide_geometry(grey, fill=0, **place)
+        # every tile of the score map keeps its values (it is not masked by tissue): only the ROI's
+        # box makes tiles empty there
         write_pyramidal_tiff(raw_path, grey, size=(w, h), mpp=mpp,
                              tile_size=tile_size, compression="deflate",
-                             description=desc.replace("heatmap of", "score map (255 * score) of"),
-                             min_size=min_size, band_rows=band_rows, fill=0, **sparse)
+                             description=desc.replace("heatmap of", "score map (255 * score) of").replace(
+                                 "; tiles without heatmap colour stored empty", ""),
+                             min_size=min_size, band_rows=band_rows, fill=0,
+                             **{k: v for k, v in sparse.items() if k != "content_tiles"})
     return TiffHeatmap(out, raw_path)

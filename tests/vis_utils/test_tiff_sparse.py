@@ -161,8 +161,12 @@ def test_roi_with_empty_background(tmp_path):
     assert 0.1 < inside.mean() < 0.9
     assert np.array_equal(rgba[170:170 + h, 300:300 + w][inside][:, :3], ref[inside])
     dense = render_heatmap_tiff(slide, scores, coords, **kw, out_path=tmp_path / "d.tif", compression="deflate",
-                                band_rows=256, min_size=300)
+                                band_rows=256, min_size=300, raw_scores=tmp_path / "d_scores.tif")
     assert ((_counts(dense.heatmap) > 0) >= (counts > 0)).all() and (_counts(dense.heatmap) > 0).sum() > (counts > 0).sum()
+    # the raw score map is not masked by tissue: the same file with or without empty background tiles
+    again = render_heatmap_tiff(slide, scores, coords, **kw, out_path=tmp_path / "e.tif", compression="deflate",
+                                band_rows=256, min_size=300, raw_scores=tmp_path / "e_scores.tif", empty_background=True)
+    assert again.scores.read_bytes() == dense.scores.read_bytes()
 
 
 def test_content_tiles_none_band_and_bad_grid(tmp_path):
