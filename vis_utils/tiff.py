@@ -42,9 +42,9 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from fractions import Fraction
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Union
 
