@@ -218,8 +218,8 @@ def content_tile_grid(plan: HeatmapPlan, contours: TissueContours | None, style:
     A pixel is coloured only under a patch with ``score >= threshold`` and, with ``segment``,
     inside the tissue contours (module docstring of :mod:`vis_utils.heatmap`), so a tile is marked
     when such a patch overlaps it and a tissue contour (filled, outline included, one tile of
-    margin; holes ignored) reaches it; with ``blur`` the patches reach ``2 * (ksize // 2)`` px
-    further (the blurred colour spreads). Conservative: every tile with a coloured pixel is
+    margin; holes ignored) reaches it; with ``blur`` the patches and the contours reach
+    ``2 * (ksize // 2)`` px further (the blurred colour spreads). Conservative: every tile with a coloured pixel is
     marked; a marked tile may have none.
 
     Args:
@@ -255,7 +255,8 @@ def content_tile_grid(plan: HeatmapPlan, contours: TissueContours | None, style:
         if polys:
             cv2.fillPoly(tissue, polys, 1)
             cv2.polylines(tissue, polys, True, 1, thickness=1)
-            tissue = cv2.dilate(tissue, np.ones((3, 3), np.uint8))
+            m = 1 + -(-max(halo, haloy) // tile)         # one tile, plus the blur's reach
+            tissue = cv2.dilate(tissue, np.ones((2 * m + 1, 2 * m + 1), np.uint8))
         grid &= tissue.view(bool)
     return grid
 
