@@ -63,6 +63,9 @@ def add_highres_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--geojson", action="store_true",
                    help="also write {output stem}_tiles.geojson (the patches as QuPath tiles with their attention) "
                         "and {output stem}_tissue_annotations.geojson")
+    g.add_argument("--dsa", action="store_true",
+                   help="also write {output stem}_dsa_annotation.json: the attention percentiles as a Digital Slide "
+                        "Archive / HistomicsUI heatmap annotation (large_image annotation JSON, level-0 px)")
 
 
 def highres_request(args: argparse.Namespace) -> highres.HighresRequest:
@@ -83,6 +86,7 @@ def highres_request(args: argparse.Namespace) -> highres.HighresRequest:
         precision=args.precision, fully_convolutional=bool(args.fully_convolutional), vis_level=args.vis_level,
         patch_size=args.patch_size, cmap=args.cmap, alpha=args.alpha, batch_size_extract=args.batch_size_extract,
         batch_size_infer=args.batch_size_infer, roi=highres.parse_roi(args.roi), raw_scores=bool(args.raw_scores), geojson=bool(args.geojson),
+        dsa=bool(args.dsa),
         overlap=args.overlap, overrides=tuple(args.overrides), label_dict=parse_label_dict(args.label_dict))
 
 
