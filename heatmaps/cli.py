@@ -19,6 +19,7 @@ from . import highres
 from .cli_args import (add_dry_run_argument, add_model_arguments, add_render_arguments, add_run_arguments,
                        parse_label_dict, print_plan, setup_logging)
 from .config import HeatmapConfig, apply_overrides, load_config
+from .light import require_full_install
 from .marugoto_cli import add_marugoto_arguments, run_marugoto
 from .process_list import PACKAGE_DIR, resolve_input_file
 
@@ -175,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint or args.scores:
         return _main_highres(args)
     configs = list(args.configs or [])
+    if configs or args.demo:
+        try:
+            require_full_install("create-heatmaps " + ("--demo" if args.demo else "--config"))
+        except WsiHeatmapsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if args.demo:
         from .demo import ensure_demo_assets
 

@@ -30,6 +30,7 @@ from .cli_args import HIGHRES_ALPHA, check_label_dict
 from .config import HeatmapConfig, apply_overrides, parse_config
 from .layout import (contour_files, coords_h5_path, dsa_companion, highres_work_dir, qupath_companions, score_file_kind,
                      scores_tiff_path, slide_outputs)
+from .light import require_full_install
 from .process_list import ROI_COLUMNS, SlideTask, initialize_process_list, load_preset, slide_stem, slide_task
 from .writers.dsa import write_dsa
 from .writers.images import write_heatmap
@@ -159,8 +160,10 @@ def run_highres(req: HighresRequest, *, device: str | None = None, force: bool =
     opened once) and put the heatmap at ``req.output`` with ``{output stem}_coords.h5`` beside it.
 
     Raises:
-        WsiHeatmapsError: any bad input (config, checkpoint, slide, ROI).
+        WsiHeatmapsError: any bad input (config, checkpoint, slide, ROI); MissingDependencyError on
+        the light install.
     """
+    require_full_install("--checkpoint")
     from models import tune_cpu_allocator
     from models.checkpoints import load_mil_checkpoint
 
