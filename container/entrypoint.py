@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     command = os.environ.get("WSI_HEATMAPS_COMMAND", "create-heatmaps")
     if not PASS_THROUGH.intersection(argv) and os.environ.get("WSI_HEATMAPS_SKIP_MOUNT_CHECK") != "1":
         errors, notes = check(argv, mounted(os.environ.get("WSI_HEATMAPS_MOUNTINFO", "/proc/self/mountinfo")))
-        for line in errors + notes:
+        for line in errors or notes:   # a note only when the command can run
             print(line, file=sys.stderr)
         if errors:
             return 2

@@ -6,7 +6,6 @@
 #   EXTRAS           pip extras of the project, e.g. "[test]" for the devel target (default none)
 #   TORCH_INDEX_URL  wheel index of the torch build (CPU: https://download.pytorch.org/whl/cpu,
 #                    CUDA 12.4: https://download.pytorch.org/whl/cu124); empty: torch from PyPI
-#   VENV_FLAGS       extra flags of "python3 -m venv" (the test's --system-site-packages)
 set -eu
 SRC=${SRC:-/opt/wsi-heatmaps/src}
 VENV=${VENV:-/opt/venv}
@@ -15,7 +14,7 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -c "import ensurepip" >/dev
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv ca-certificates
     rm -rf /var/lib/apt/lists/*
 fi
-python3 -m venv ${VENV_FLAGS:-} "$VENV"
+python3 -m venv "$VENV"
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
     "$VENV/bin/pip" install --no-cache-dir --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple \
         torch torchvision

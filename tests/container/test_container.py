@@ -24,10 +24,12 @@ def _mountinfo(tmp_path: Path, *points: str) -> Path:
     return f
 
 
-def _entry(tmp_path: Path, argv: list[str], *points: str, python: str = sys.executable, **env: str):
-    e = {**os.environ, "WSI_HEATMAPS_MOUNTINFO": str(_mountinfo(tmp_path, *points)), "WSI_HEATMAPS_COMMAND": "echo",
-         **env}
-    return subprocess.run([python, str(ENTRY), *argv], capture_output=True, text=True, env=e, timeout=60)
+def _entry(tmp_path: Path, argv: list[str], *points: str, python: str = sys.executable, drop: tuple[str, ...] = (),
+           **env: str):
+    e = {**{k: v for k, v in os.environ.items() if k not in drop},
+         "WSI_HEATMAPS_MOUNTINFO": str(_mountinfo(tmp_path, *points)), "WSI_HEATMAPS_COMMAND": "echo", **env}
+    return subprocess.run([python, str(ENTRY), *argv], capture_output=True, text=True, env=e, timeout=300,
+                          cwd=tmp_path)
 
 
 def test_a_missing_mount_is_named_with_the_flag_that_adds_it(tmp_path):
@@ -76,25 +78,37 @@ def test_every_ckpt_path_variable_of_the_code_is_documented():
 
 @pytest.mark.slow
 def test_install_and_entry_point_steps_in_a_fresh_venv(tmp_path):
-    """container/install.sh (the image's RUN step) into a new venv, then the entry point: no image is
-    built here (no container registry for a base image in CI). The venv sees the system site-packages
-    so that torch (200 MB CPU, 3 GB CUDA from PyPI) is not installed again: what runs is the recipe's
-    venv creation, the project's non-editable install from a copy of the tree, and its console script
-    behind the entry point; tests/heatmaps/test_light.py installs from nothing without them."""
+    """container/install.sh (the image's RUN step) into a new venv, then the entry point; no image is
+    built in CI (no registry for a base image). The venv gets this interpreter's site-packages as a
+    plain path (a ``.pth`` line, appended after its own) so that torch (200 MB CPU, 3 GB CUDA from
+    PyPI) is not installed again; unlike ``--system-site-packages`` this does not run the editable
+    install's import hook, which would otherwise map ``heatmaps`` back to the repository. What runs is
+    the recipe's venv creation, the project's non-editable install from a copy of the tree and its
+    console script behind the entry point; tests/heatmaps/test_light.py installs from nothing."""
+    import sysconfig
+    import venv as venv_mod
+
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", "heatmaps/demo",
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", "demo",
                                                               ".pytest_cache", "venv", ".venv"))
-    venv = tmp_path / "venv"
-    env = {**os.environ, "SRC": str(src), "VENV": str(venv), "VENV_FLAGS": "--system-site-packages"}
-    subprocess.run(["sh", str(REPO / "container" / "install.sh")], check=True, env=env, timeout=600,
-                   capture_output=True)
-    py = venv / "bin" / "python"
-    where = subprocess.run([str(py), "-c", "import heatmaps; print(heatmaps.__file__)"], capture_output=True,
-                           text=True, cwd=tmp_path, check=True).stdout
-    assert str(venv) in where                                            # the venv's copy, not the repository
-    path = f"{venv / 'bin'}:{os.environ['PATH']}"
-    p = _entry(tmp_path, ["--demo", "--dry-run"], "/slides", python=str(py), WSI_HEATMAPS_COMMAND="create-heatmaps",
-               PATH=path)
-    assert p.returncode == 2 and "error: /output is not mounted" in p.stderr
-    p = _entry(tmp_path, ["--help"], python=str(py), WSI_HEATMAPS_COMMAND="create-heatmaps", PATH=path)
+    vdir = tmp_path / "venv"
+    venv_mod.create(vdir, with_pip=True)
+    py = vdir / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "system-site.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    proc = subprocess.run(["sh", str(REPO / "container" / "install.sh")], env={**env, "SRC": str(src), "VENV": str(vdir)},
+                          timeout=600, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    where = subprocess.run([str(py), "-c", "import heatmaps, torch; print(heatmaps.__file__)"], capture_output=True,
+                           text=True, cwd=tmp_path, env=env, check=True).stdout
+    assert where.startswith(site)                                       # the venv's copy, not the repository
+    run_env = {"PATH": f"{vdir / 'bin'}:{os.environ['PATH']}", "WSI_HEATMAPS_COMMAND": "create-heatmaps"}
+    p = _entry(tmp_path, ["--demo"], "/slides", python=str(py), drop=("PYTHONPATH",), **run_env)
+    assert p.returncode == 2 and p.stderr.startswith("error: /output is not mounted")
+    p = _entry(tmp_path, ["--help"], python=str(py), drop=("PYTHONPATH",), **run_env)
     assert p.returncode == 0 and "usage: create-heatmaps" in p.stdout
+    p = _entry(tmp_path, ["--config", "/output/missing.yaml"], "/output", "/slides", "/weights", "/cache",
+               python=str(py), drop=("PYTHONPATH",), **run_env)          # mounts there: create-heatmaps answers
+    assert p.returncode == 1 and p.stderr.startswith("error:") and "missing.yaml" in p.stderr, p.stderr[-800:]

@@ -118,3 +118,13 @@ def test_the_render_wheel_in_a_fresh_venv_without_torch(tmp_path):
     assert r["rerender"][0] == 0, r["rerender"][1]
     assert {"map.tiff", "map_tiles.geojson", "map_dsa_annotation.json"} <= set(r["files"])
     assert r["demo"][0] == 1 and r["demo"][1].strip().endswith("install the full package: pip install wsi-heatmaps")
+
+
+def test_the_light_distribution_drops_exactly_the_model_stack():
+    """packaging/render/setup.py cannot import heatmaps at build time; its list must be heatmaps.light's."""
+    import ast
+
+    tree = ast.parse((REPO / "packaging" / "render" / "setup.py").read_text())
+    (value,) = [n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                and any(getattr(t, "id", None) == "FULL_ONLY" for t in n.targets)]
+    assert ast.literal_eval(value) == FULL_ONLY
