@@ -125,8 +125,10 @@ def test_geojson_beside_the_one_slide_output_and_the_rerender(ref, slides_dir, t
 
     out = tmp_path / "cmu.png"
     assert cli_main(_args(ref, slides_dir / "CMU-1-Small-Region.svs", out, "--overlap", "0.5", "--vis_level", "0",
-                          "--geojson")) == 0
+                          "--geojson", "--dsa")) == 0
     tiles = json.loads((tmp_path / "cmu_tiles.geojson").read_text())
+    dsa = json.loads((tmp_path / "cmu_dsa_annotation.json").read_text())          # moved beside the output too
+    assert dsa["attributes"]["wsi_heatmaps"]["n_patches"] == 121
     with h5py.File(tmp_path / "cmu_coords.h5") as f:
         assert len(tiles["features"]) == len(f["coords"]) == 121
     assert (tmp_path / "cmu_tissue_annotations.geojson").is_file()
