@@ -12,7 +12,9 @@ import importlib
 import sys
 
 #: subcommand -> "module:function" taking argv (list[str]) and returning the exit status
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "train": "models.train.cli:main",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
