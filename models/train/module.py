@@ -103,6 +103,7 @@ class MILModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val = []
+        self.last_val = {}
 
     def _gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         idx = torch.tensor([v[0] for v in self._val], dtype=torch.float64)
@@ -175,7 +176,9 @@ class BestStateDict(L.Callback):
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: MILModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, module: MILModule) -> None:
+        # after the module's on_validation_epoch_end has computed this epoch's metrics
+        # (Lightning calls callbacks' epoch-end hooks before the module's)
         if trainer.sanity_checking or not module.last_val:
             return
         value = module.last_val["loss" if self.monitor == "val_loss" else "auc"]

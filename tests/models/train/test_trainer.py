@@ -159,3 +159,15 @@ def test_a_resumed_run_with_another_config_stops(clam_run):
     cfg, *_ = clam_run
     with pytest.raises(ConfigError, match="holds a run with another config \\(optim.lr differ\\)"):
         train_run(apply_overrides(cfg, {"optim.lr": 1e-3}))
+
+
+def test_one_epoch_writes_the_checkpoint_of_that_epoch(cohort, tmp_path):
+    """The best-checkpoint callback sees the metrics of the epoch it saves (Lightning runs
+    callbacks' epoch-end hooks before the module's)."""
+    _, csv, feats, _ = cohort
+    cfg = _cfg(csv, feats, tmp_path, "dsmil", **{"optim.max_epochs": 1, "logging.log_data": False})
+    train_run(cfg)
+    out = output_dir(cfg)
+    best = torch.load(out / "s_0_checkpoint.pt", weights_only=True)
+    last = torch.load(out / "s_0_last.pt", weights_only=True)
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
