@@ -10,6 +10,9 @@ Outputs in ``{results_dir}/{exp_code}_s{seed}/`` (CLAM's folder and file names w
 * ``fold_{k}_predictions.csv``: per test slide ``slide_id, case_id, label, Y, Y_hat, p_{class}``;
 * ``summary.csv``: per fold ``folds, test_auc, val_auc, test_acc, val_acc`` (CLAM's columns) plus
   ``test_bacc, test_f1, val_bacc, val_f1``; ``summary_stats.csv``: mean and std over folds;
+* ``fold_{k}_heatmap_process_list.csv``: a heatmap process list of the fold's test slides
+  (``slide_id``, ``label``, ``features_path``: the training bag), for ``create_heatmaps.py`` with
+  ``model_arguments.ckpt_path`` = the fold's checkpoint (the command is logged);
 * ``config.yaml``: the effective config; ``tensorboard/fold_{k}/``: TensorBoard event files.
 
 With several devices (DDP, one process each) every process builds the same folds (same seed);
@@ -230,7 +233,22 @@ def _train_fold(cfg: TrainConfig, cohort: Cohort, fold: Split, k: int, out: Path
         torch.save(model.state_dict(), out / checkpoint_name(k))
     else:
         model.load_state_dict(torch.load(out / checkpoint_name(k), map_location="cpu", weights_only=True))
+    _heatmap_process_list(cfg, cohort, fold, k, out)
     return _report(cfg, cohort, model, fold, k, out, trainer)
+
+
+def _heatmap_process_list(cfg: TrainConfig, cohort: Cohort, fold: Split, k: int, out: Path) -> Path:
+    """Write the fold's test slides as a heatmap process list and log how to run it."""
+    rows = cohort.slides.set_index("slide_id")
+    src = cohort.sources
+    df = pd.DataFrame({"slide_id": list(fold.test), "label": [rows.at[s, "label"] for s in fold.test],
+                       "features_path": [str((src[s].coords or src[s].features).resolve()) for s in fold.test]})
+    path = out / f"fold_{k}_heatmap_process_list.csv"
+    _write_csv(df, path, index=False)
+    log.info("heatmaps of fold %d's test slides: create_heatmaps.py --config YOUR.yaml --set data_arguments.process_list=%s "
+             "--set model_arguments.ckpt_path=%s --set model_arguments.model_type=%s", k, path,
+             (out / checkpoint_name(k)).resolve(), cfg.model.model_type)
+    return path
 
 
 def _report(cfg, cohort, model, fold: Split, k: int, out: Path, trainer=None) -> FoldResult:

@@ -33,7 +33,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 1 and summary["test_auc"].iloc[0] >= 0.95
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and "tensorboard" not in p.parts)
-    assert files == ["config.yaml", "fold_0_predictions.csv", "s_0_checkpoint.pt", "s_0_last.pt", "splits/splits_0.csv",
+    assert files == ["config.yaml", "fold_0_heatmap_process_list.csv", "fold_0_predictions.csv", "s_0_checkpoint.pt", "s_0_last.pt", "splits/splits_0.csv",
                      "summary.csv", "summary_stats.csv"]
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert len({p.name.split(".")[-2] for p in events}) == 1        # written by one process (pid in the name)

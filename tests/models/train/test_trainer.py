@@ -98,6 +98,8 @@ def test_clam_run_outputs(clam_run, cohort):
     assert "attention_net.0.weight" in sd and "instance_classifiers.1.weight" in sd
     assert (out / "s_0_last.pt").is_file() and (out / "config.yaml").is_file()
     assert not (out / "splits").exists()          # the given split is read, not rewritten
+    pl = pd.read_csv(out / "fold_0_heatmap_process_list.csv")
+    assert list(pl["slide_id"]) == list(split.test) and all(p.endswith(".h5") for p in pl["features_path"])
 
 
 def test_tensorboard_holds_the_attention_every_epoch(clam_run, caplog):
