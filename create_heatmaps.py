@@ -13,6 +13,7 @@ import sys
 
 #: subcommand -> "module:function" taking argv (list[str]) and returning the exit status
 SUBCOMMANDS: dict[str, str] = {
+    "extract": "heatmaps.extract_cli:main",
     "train": "models.train.cli:main",
 }
 
