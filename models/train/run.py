@@ -230,7 +230,8 @@ def _train_fold(cfg: TrainConfig, cohort: Cohort, fold: Split, k: int, out: Path
         return None
     model = module.model.cpu().eval()
     if vl is None:  # no validation: the last epoch is the checkpoint
-        torch.save(model.state_dict(), out / checkpoint_name(k))
+        with atomic_path(out / checkpoint_name(k)) as tmp:
+            torch.save(model.state_dict(), tmp)
     else:
         model.load_state_dict(torch.load(out / checkpoint_name(k), map_location="cpu", weights_only=True))
     _heatmap_process_list(cfg, cohort, fold, k, out)
