@@ -13,7 +13,8 @@ Outputs in ``{results_dir}/{exp_code}_s{seed}/`` (CLAM's folder and file names w
 * ``fold_{k}_heatmap_process_list.csv``: a heatmap process list of the fold's test slides
   (``slide_id``, ``label``, ``features_path``: the training bag), for ``create_heatmaps.py`` with
   ``model_arguments.ckpt_path`` = the fold's checkpoint (the command is logged);
-* ``config.yaml``: the effective config; ``tensorboard/fold_{k}/``: TensorBoard event files.
+* ``config.yaml``: the effective config (a rerun into the folder must have the same config; its
+  complete folds - checkpoint and predictions written - are evaluated again, not retrained); ``tensorboard/fold_{k}/``: TensorBoard event files.
 
 With several devices (DDP, one process each) every process builds the same folds (same seed);
 only rank 0 writes files.
@@ -42,7 +43,7 @@ from .config import TrainConfig, config_to_dict
 from .data import BagDataset, Cohort, build_cohort, load_coords, load_features
 from .losses import class_weights
 from .metrics import classification_metrics, mean_std
-from .module import AttentionImages, BestStateDict, MILModule
+from .module import AttentionImages, BestStateDict, MILModule, build_model
 from .splits import Split, check_split, make_splits, read_split_csv, split_csv_path, write_split_csv
 
 __all__ = ["train_run", "output_dir", "checkpoint_name", "FoldResult"]
@@ -174,7 +175,7 @@ def train_run(cfg: TrainConfig) -> list[FoldResult]:
         raise ConfigError("the dataset CSV and the features directory are needed: set --csv_path and --data_root_dir "
                           "(data.csv_path, data.data_root_dir)")
     out = output_dir(cfg)
-    rank0 = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0
+    rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
     cohort = build_cohort(cfg.data.csv_path, cfg.data.data_root_dir, cfg.data.label_dict)
     if cfg.model.embed_dim is not None and cfg.model.embed_dim != cohort.dim:
         raise ConfigError(f"model.embed_dim is {cfg.model.embed_dim} but the features in {cfg.data.data_root_dir} are "
@@ -189,12 +190,22 @@ def train_run(cfg: TrainConfig) -> list[FoldResult]:
     folds = resolve_splits(cfg, cohort, out, write=rank0)
     results = []
     for k in _fold_range(cfg, len(folds)):
-        res = _train_fold(cfg, cohort, folds[k], k, out, rank0)
+        if (out / f"fold_{k}_predictions.csv").is_file() and (out / checkpoint_name(k)).is_file():
+            log.info("fold %d is complete in %s (same config): evaluated from its checkpoint, not retrained", k, out)
+            res = _finished_fold(cfg, cohort, folds[k], k, out) if rank0 else None
+        else:
+            res = _train_fold(cfg, cohort, folds[k], k, out, rank0)
         if res is not None:
             results.append(res)
     if rank0:
         write_summary(results, out)
     return results
+
+
+def _finished_fold(cfg: TrainConfig, cohort: Cohort, fold: Split, k: int, out: Path) -> FoldResult:
+    model = build_model(cfg, n_classes=cohort.n_classes, in_dim=cohort.dim)
+    model.load_state_dict(torch.load(out / checkpoint_name(k), map_location="cpu", weights_only=True))
+    return _report(cfg, cohort, model.eval(), fold, k, out)
 
 
 def _check_resume(cfg: TrainConfig, out: Path) -> None:

@@ -158,7 +158,11 @@ def test_the_best_checkpoint_drives_the_heatmap_pipeline(clam_run, tmp_path, mon
 
 
 def test_a_resumed_run_with_another_config_stops(clam_run):
-    cfg, *_ = clam_run
+    cfg, fold, *_ = clam_run
+    ckpt = output_dir(cfg) / "s_0_checkpoint.pt"
+    mtime = ckpt.stat().st_mtime_ns
+    [again] = train_run(cfg)                       # the same config: the complete fold is not retrained
+    assert ckpt.stat().st_mtime_ns == mtime and again.test["auc"] == fold.test["auc"]
     with pytest.raises(ConfigError, match="holds a run with another config \\(optim.lr differ\\)"):
         train_run(apply_overrides(cfg, {"optim.lr": 1e-3}))
 
