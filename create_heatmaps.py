@@ -15,6 +15,7 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "extract": "heatmaps.extract_cli:main",
     "train": "models.train.cli:main",
+    "view": "viewer.cli:main",
 }
 
 

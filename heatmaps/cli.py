@@ -60,6 +60,9 @@ def add_highres_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--roi", help="x1,y1,x2,y2 in level-0 px: only this region is computed; a TIFF keeps the "
                                  "slide's geometry (empty, transparent tiles outside the ROI)")
     g.add_argument("--raw_scores", action="store_true", help="TIFF output: also write the raw score map")
+    g.add_argument("--tiff_background", choices=("empty", "slide"), default="empty",
+                   help="TIFF output: 'empty' (default) stores the tiles without heatmap colour as zero-byte tiles, "
+                        "transparent in OpenSlide >= 4 and not read from the slide (fast); 'slide' keeps the slide there")
     g.add_argument("--geojson", action="store_true",
                    help="also write {output stem}_tiles.geojson (the patches as QuPath tiles with their attention) "
                         "and {output stem}_tissue_annotations.geojson")
@@ -83,6 +86,7 @@ def highres_request(args: argparse.Namespace) -> highres.HighresRequest:
         precision=args.precision, fully_convolutional=bool(args.fully_convolutional), vis_level=args.vis_level,
         patch_size=args.patch_size, cmap=args.cmap, alpha=args.alpha, batch_size_extract=args.batch_size_extract,
         batch_size_infer=args.batch_size_infer, roi=highres.parse_roi(args.roi), raw_scores=bool(args.raw_scores), geojson=bool(args.geojson),
+        tiff_background=args.tiff_background,
         overlap=args.overlap, overrides=tuple(args.overrides), label_dict=parse_label_dict(args.label_dict))
 
 

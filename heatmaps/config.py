@@ -132,6 +132,7 @@ class HeatmapArguments(_Section):
     custom_downsample: int = Field(1, ge=1, description="shrink the final image by this factor")
     cmap: str = Field("jet", description="any matplotlib colormap name")
     raw_scores: bool = Field(False, description="(wsi-heatmaps) save_ext tiff: also write the per-pixel score map as a grayscale pyramidal TIFF")
+    tiff_background: Literal["empty", "slide"] = Field("empty", description="(wsi-heatmaps) save_ext tiff: 'empty' stores the tiles without heatmap colour as zero-byte tiles (transparent in OpenSlide >= 4; the slide is not read there, so large maps are written faster); 'slide' keeps the slide's pixels in every tile")
     save_geojson: bool = Field(False, description="(wsi-heatmaps) also write the fine-pass patches as QuPath tiles with their measurements ({slide_id}_tiles.geojson) and the tissue as QuPath annotations")
     geojson_gzip: bool = Field(False, description="(wsi-heatmaps) gzip the QuPath GeoJSON files (.geojson.gz, which QuPath reads)")
     score_maps: bool = Field(False, description="(wsi-heatmaps) also draw the attention map and per-class evidence maps with colour bars (Marugoto-style)")

@@ -90,6 +90,7 @@ class HighresRequest:
     batch_size_infer: int = 512
     roi: tuple[int, int, int, int] | None = None
     raw_scores: bool = False
+    tiff_background: str = "empty"
     geojson: bool = False
     overlap: float | None = None
     overrides: tuple[str, ...] = ()
@@ -135,7 +136,7 @@ def build_config(req: HighresRequest, model: MILModel) -> HeatmapConfig:
                             "embed_dim": int(model.in_dim)},
         "heatmap_arguments": {"vis_level": req.vis_level, "alpha": req.alpha, "cmap": req.cmap, "save_ext": ext,
                               "save_orig": False, "use_roi": req.roi is not None, "raw_scores": bool(req.raw_scores),
-                              "save_geojson": bool(req.geojson)},
+                              "tiff_background": req.tiff_background, "save_geojson": bool(req.geojson)},
         "sample_arguments": {"samples": []},
     }
     cfg = parse_config(data, source="command line")
@@ -232,7 +233,8 @@ def rerender(req: HighresRequest) -> Path:
         kw = dict(patch_size_level0=footprint, vis_level=level, contours=_contours_for(slide, scores_path),
                   style=HeatmapStyle(cmap=req.cmap, alpha=req.alpha), convert_to_percentiles=not percentile, roi=req.roi)
         write_heatmap(slide, sf.scores, sf.coords, Path(req.output),
-                      raw_scores=scores_tiff_path(req.output) if req.raw_scores and ext == "tiff" else None, **kw)
+                      raw_scores=scores_tiff_path(req.output) if req.raw_scores and ext == "tiff" else None,
+                      empty_background=req.tiff_background == "empty", **kw)
         if req.geojson:
             tiles, tissue = qupath_companions(req.output)
             pct = sf.scores if percentile else rank_percentiles(sf.scores)

@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from models import MILModel, tune_cpu_allocator
+from models.encode import progress_bar
 from models.checkpoints import load_mil_checkpoint
 from wsi_core.errors import ConfigError, WsiHeatmapsError
 from wsi_core.io import atomic_path
@@ -165,11 +165,13 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
         return run_slide(ctx, task)
 
     jobs = [_Job(i, str(todo.loc[i, "slide_id"])) for i in range(len(todo))]
-    bar = tqdm(total=len(jobs), desc=f"slides ({cfg.exp_arguments.save_exp_code})", unit="slide", disable=not progress)
+    bar = progress_bar(len(jobs), progress, f"slides ({cfg.exp_arguments.save_exp_code})", unit="slide")
     for job, outcome in (executor or SequentialExecutor()).map(work, jobs):
         book.record(job.index, job.slide_id, outcome)
-        bar.update(1)
-    bar.close()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     summary = book.summary
     if cfg.heatmap_arguments.score_maps and cfg.heatmap_arguments.normalize_across_slides:
         try:

@@ -45,9 +45,11 @@ def test_scores_rerender_png_equals_tiff_level(ref, slides_dir, tmp_path):
     raw = ref / "real_sb/heatmap_raw_results/REAL_SB/class_b/tcga-cr-7395-01a-01-ts1"
     slide = slides_dir / "tcga-cr-7395-01a-01-ts1.svs"
     scores = str(raw / "tcga-cr-7395-01a-01-ts1_0.5_roi_False.h5")
-    png, tif = tmp_path / "t.png", tmp_path / "t.tiff"
-    assert cli_main(["--scores", scores, "--slide", str(slide), "--output", str(png), "--vis_level", "1", "--quiet"]) == 0
-    assert cli_main(["--scores", scores, "--slide", str(slide), "--output", str(tif), "--vis_level", "1", "--quiet"]) == 0
+    png, tif, empty = tmp_path / "t.png", tmp_path / "t.tiff", tmp_path / "e.tiff"
+    argv = ["--scores", scores, "--slide", str(slide), "--vis_level", "1", "--quiet"]
+    assert cli_main([*argv, "--output", str(png)]) == 0
+    assert cli_main([*argv, "--output", str(tif), "--tiff_background", "slide"]) == 0
+    assert cli_main([*argv, "--output", str(empty)]) == 0                 # default: empty background tiles
     from PIL import Image
 
     a = np.asarray(Image.open(png), np.int16)
@@ -55,6 +57,11 @@ def test_scores_rerender_png_equals_tiff_level(ref, slides_dir, tmp_path):
         b = np.asarray(t.read_region((0, 0), 0, t.level_dimensions[0]).convert("RGB"), np.int16)
     assert a.shape == b.shape == (1783, 2221, 3)
     assert np.abs(a - b).mean() < 2.0                                   # the TIFF tiles are JPEG q90
+    with openslide.OpenSlide(str(empty)) as t:
+        e = np.asarray(t.read_region((0, 0), 0, t.level_dimensions[0]))
+    shown = e[..., 3] == 255
+    assert 0.2 < shown.mean() < 1.0 and (e[~shown, 3] == 0).all()      # background tiles transparent
+    assert np.abs(a[shown] - e[shown][:, :3]).mean() < 2.0              # tissue tiles: the same picture
 
 
 def test_scores_rerender_runs_without_torch(ref, slides_dir, tmp_path):
