@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from wsi_core.errors import ConfigError
 
 from ..mil import list_mil_models
-from .losses import INSTANCE_LOSSES
 
 __all__ = ["TrainConfig", "CLAM_FLAGS", "parse_train_config", "load_train_config", "apply_overrides",
            "config_to_dict"]

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -154,13 +153,6 @@ def load_coords(src: FeatureSource) -> tuple[np.ndarray | None, dict]:
         return None, {}
     coords, attrs = read_coords_h5(src.coords)
     return np.asarray(coords, np.int64), attrs
-
-
-def _shape(src: FeatureSource) -> tuple[int, ...]:
-    if src.features.suffix == ".h5":
-        with h5py.File(src.features, "r") as f:
-            return tuple(f["features"].shape)
-    return tuple(load_features(src).shape)
 
 
 @dataclass

@@ -3,7 +3,6 @@ patient): every registered model type learns it, the outputs follow CLAM's layou
 holds the attention images, and the best checkpoint drives the heatmap pipeline."""
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import pandas as pd
@@ -27,6 +26,11 @@ EPOCHS = 4
 # TransMIL (a transformer over the bag) needs more epochs on 34 training bags; smaller than its default width
 SMALL = {"transmil": {"embed_dim": 128, "num_heads": 2, "num_landmarks": 8}}
 EPOCHS_OF = {"transmil": 8}
+# the options every run does not use, exercised end to end on one model
+OPTIONS_OF = {"abmil": {"optim.class_weights": True, "optim.weighted_sample": True, "data.max_patches": 12,
+                        "optim.scheduler": "warmup_cosine", "optim.warmup_epochs": 1, "optim.opt": "adamw",
+                        "optim.accumulate_grad_batches": 2, "optim.early_stopping": True, "optim.min_epochs": 2,
+                        "optim.patience": 2, "optim.monitor": "val_auc", "optim.max_epochs": 6}}
 
 
 def _cfg(csv, feats, out, model_type="clam_sb", **over) -> TrainConfig:
@@ -53,7 +57,7 @@ def cohort(tmp_path_factory):
 def test_every_model_type_learns_the_planted_signal(cohort, tmp_path, model_type):
     root, csv, feats, _ = cohort
     torch.set_num_threads(1)
-    cfg = _cfg(csv, feats, tmp_path, model_type, **{"logging.log_data": False})
+    cfg = _cfg(csv, feats, tmp_path, model_type, **{"logging.log_data": False, **OPTIONS_OF.get(model_type, {})})
     [fold] = train_run(cfg)
     assert fold.test["auc"] >= 0.95, fold.test
     out = output_dir(cfg)
