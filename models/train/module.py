@@ -2,8 +2,9 @@
 
 :class:`MILModule` wraps ``create_mil_model(model_type, ...)`` (the registry the heatmap pipeline
 loads from), so ``module.model.state_dict()`` is the checkpoint layout the pipeline reads. One bag
-per step (batch size 1); loss = bag loss (class-weighted CE, BCE for multi-label DSMIL) and, for
-CLAM, ``bag_weight * bag + (1 - bag_weight) * instance loss``. Validation predictions of every
+per step (batch size 1); loss = bag loss (class-weighted CE, BCE for multi-label DSMIL); for
+CLAM, ``bag_weight * bag + (1 - bag_weight) * instance loss``; for DSMIL the authors' mean of the
+bag-stream and max-instance-stream losses. Validation predictions of every
 process are gathered (DDP pads the last batch; duplicates are dropped by bag index) and the
 metrics (:mod:`.metrics`) logged as ``val/{name}``.
 
@@ -82,6 +83,13 @@ class MILModule(L.LightningModule):
             w = self.cfg.model.bag_weight
             parts = {"bag_loss": bl.detach(), "instance_loss": il.detach()}
             return w * bl + (1 - w) * il, logits, parts
+        if self.cfg.model.model_type == "dsmil":
+            # the DSMIL authors' loss: the mean of the bag stream's and the max-instance stream's
+            scores, bag_logits, _ = self.model.streams(h)
+            max_logits = scores.max(dim=0, keepdim=True)[0]
+            bl, il = bag_loss(self.model, bag_logits, y, weight=weight), bag_loss(self.model, max_logits, y, weight=weight)
+            parts = {"bag_loss": bl.detach(), "instance_loss": il.detach()}
+            return 0.5 * bl + 0.5 * il, self.model(h)[0], parts
         logits = self.model(h)[0]
         return bag_loss(self.model, logits, y, weight=weight), logits, parts
 
