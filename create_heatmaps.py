@@ -12,7 +12,11 @@ import importlib
 import sys
 
 #: subcommand -> "module:function" taking argv (list[str]) and returning the exit status
-SUBCOMMANDS: dict[str, str] = {"view": "viewer.cli:main"}
+SUBCOMMANDS: dict[str, str] = {
+    "extract": "heatmaps.extract_cli:main",
+    "train": "models.train.cli:main",
+    "view": "viewer.cli:main",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
