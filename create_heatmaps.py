@@ -13,6 +13,9 @@ import sys
 
 #: subcommand -> "module:function" taking argv (list[str]) and returning the exit status
 SUBCOMMANDS: dict[str, str] = {
+    "extract": "heatmaps.extract_cli:main",
+    "train": "models.train.cli:main",
+    "view": "viewer.cli:main",
     "status": "heatmaps.cohort_status:main",
 }
 

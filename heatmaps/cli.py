@@ -19,6 +19,7 @@ from . import highres
 from .cli_args import (add_dry_run_argument, add_model_arguments, add_render_arguments, add_run_arguments,
                        add_worker_arguments, parse_label_dict, print_plan, setup_logging)
 from .config import HeatmapConfig, apply_overrides, load_config
+from .light import require_full_install
 from .marugoto_cli import add_marugoto_arguments, run_marugoto
 from .process_list import PACKAGE_DIR, resolve_input_file
 
@@ -61,9 +62,15 @@ def add_highres_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--roi", help="x1,y1,x2,y2 in level-0 px: only this region is computed; a TIFF keeps the "
                                  "slide's geometry (empty, transparent tiles outside the ROI)")
     g.add_argument("--raw_scores", action="store_true", help="TIFF output: also write the raw score map")
+    g.add_argument("--tiff_background", choices=("empty", "slide"), default="empty",
+                   help="TIFF output: 'empty' (default) stores the tiles without heatmap colour as zero-byte tiles, "
+                        "transparent in OpenSlide >= 4 and not read from the slide (fast); 'slide' keeps the slide there")
     g.add_argument("--geojson", action="store_true",
                    help="also write {output stem}_tiles.geojson (the patches as QuPath tiles with their attention) "
                         "and {output stem}_tissue_annotations.geojson")
+    g.add_argument("--dsa", action="store_true",
+                   help="also write {output stem}_dsa_annotation.json: the attention percentiles as a Digital Slide "
+                        "Archive / HistomicsUI heatmap annotation (large_image annotation JSON, level-0 px)")
 
 
 def highres_request(args: argparse.Namespace) -> highres.HighresRequest:
@@ -84,6 +91,8 @@ def highres_request(args: argparse.Namespace) -> highres.HighresRequest:
         precision=args.precision, fully_convolutional=bool(args.fully_convolutional), vis_level=args.vis_level,
         patch_size=args.patch_size, cmap=args.cmap, alpha=args.alpha, batch_size_extract=args.batch_size_extract,
         batch_size_infer=args.batch_size_infer, roi=highres.parse_roi(args.roi), raw_scores=bool(args.raw_scores), geojson=bool(args.geojson),
+        tiff_background=args.tiff_background,
+        dsa=bool(args.dsa),
         overlap=args.overlap, overrides=tuple(args.overrides), label_dict=parse_label_dict(args.label_dict))
 
 
@@ -172,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint or args.scores:
         return _main_highres(args)
     configs = list(args.configs or [])
+    if configs or args.demo:
+        try:
+            require_full_install("create-heatmaps " + ("--demo" if args.demo else "--config"))
+        except WsiHeatmapsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if args.demo:
         from .demo import ensure_demo_assets
 

@@ -36,7 +36,11 @@ def print_plan(plan) -> bool:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """``--overlap``, ``--set``, ``--force``, ``--device``, ``--quiet``, ``--verbose``."""
+    """``--overlap``, ``--set``, ``--force``, ``--device``, ``--quiet``, ``--verbose``, ``--version``."""
+    from .version import package_version
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                   help="print the installed wsi-heatmaps version and exit")
     p.add_argument("--overlap", type=float,
                    help="patching_arguments.overlap of the fine pass, 0 <= overlap < 1 (a YAML config: overrides "
                         "its value; --checkpoint and create-heatmaps-marugoto: default 0.9; generate-heatmaps: default 0)")
@@ -44,7 +48,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="override any config key, e.g. --set heatmap_arguments.alpha=0.5 (repeatable)")
     p.add_argument("--force", action="store_true", help="recompute slides whose outputs are already complete")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars; warnings and errors only")
+    p.add_argument("--quiet", action="store_true", help="no progress display; warnings and errors only")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 

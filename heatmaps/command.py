@@ -14,6 +14,7 @@ import pandas as pd
 from wsi_core.errors import ConfigError, WsiHeatmapsError
 
 from .cli_args import print_plan
+from .light import require_full_install
 
 __all__ = ["run_in_memory"]
 
@@ -30,6 +31,7 @@ def run_in_memory(args: argparse.Namespace, *, source: str, checkpoint: str, che
         problem on one ``error:`` line).
     """
     try:
+        require_full_install(source)
         from models.checkpoints import load_mil_checkpoint
 
         from .run import dry_run, run_config

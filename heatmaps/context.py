@@ -18,7 +18,7 @@ from models import Encoder, MILModel, create_encoder, default_precision, encoder
 from models.checkpoints import check_feature_dim
 from models.extract import extract_features_dense
 from models.fully_conv import extract_features_fully_conv
-from models.encode import batch_for_memory, patch_memory_bytes
+from models.encode import batch_for_memory, cuda_batch_size, patch_memory_bytes
 from models.hub import offline_unless_reachable
 from wsi_core.errors import CheckpointError, ConfigError, WsiHeatmapsError
 from wsi_core.slide import Slide
@@ -152,9 +152,15 @@ class RunContext:
 
     def encoder_batch_size(self) -> int:
         """Patches per encoder batch: ``batch_size``, cut on CPU to fit ``max_memory_gb`` (one
-        info line says so the first time)."""
+        info line says so the first time), on CUDA to fit half the GPU's free memory
+        (:func:`models.encode.cuda_batch_size`: on a 12 GB card the default 256 stays 256 for
+        the 224-px encoders in bf16)."""
         e = self.cfg.exp_arguments
         if self.device != "cpu":
+            if str(self.device).startswith("cuda"):
+                return min(e.batch_size, cuda_batch_size(self.encoder(), patch_px=self.cfg.patching_arguments.patch_size,
+                                                         precision=self.precision, device=self.device,
+                                                         cap=max(e.batch_size, 32)))
             return e.batch_size
         budget = int((e.max_memory_gb - RESERVED_GB) * 2**30)
         bs = batch_for_memory(self.encoder(), e.batch_size, max(budget, 0), patch_px=self.cfg.patching_arguments.patch_size)

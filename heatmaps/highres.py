@@ -28,9 +28,11 @@ from wsi_core.tissue import SegmentationParams, TissueContours, load_clam_mask_p
 
 from .cli_args import HIGHRES_ALPHA, check_label_dict
 from .config import HeatmapConfig, apply_overrides, parse_config
-from .layout import (contour_files, coords_h5_path, highres_work_dir, qupath_companions, score_file_kind,
+from .layout import (contour_files, coords_h5_path, dsa_companion, highres_work_dir, qupath_companions, score_file_kind,
                      scores_tiff_path, slide_outputs)
+from .light import require_full_install
 from .process_list import ROI_COLUMNS, SlideTask, initialize_process_list, load_preset, slide_stem, slide_task
+from .writers.dsa import write_dsa
 from .writers.images import write_heatmap
 
 if TYPE_CHECKING:   # torch stays out of a --scores re-render
@@ -90,7 +92,9 @@ class HighresRequest:
     batch_size_infer: int = 512
     roi: tuple[int, int, int, int] | None = None
     raw_scores: bool = False
+    tiff_background: str = "empty"
     geojson: bool = False
+    dsa: bool = False
     overlap: float | None = None
     overrides: tuple[str, ...] = ()
     label_dict: dict[str, int] = field(default_factory=dict)
@@ -135,7 +139,8 @@ def build_config(req: HighresRequest, model: MILModel) -> HeatmapConfig:
                             "embed_dim": int(model.in_dim)},
         "heatmap_arguments": {"vis_level": req.vis_level, "alpha": req.alpha, "cmap": req.cmap, "save_ext": ext,
                               "save_orig": False, "use_roi": req.roi is not None, "raw_scores": bool(req.raw_scores),
-                              "save_geojson": bool(req.geojson)},
+                              "tiff_background": req.tiff_background, "save_geojson": bool(req.geojson),
+                              "save_dsa": bool(req.dsa)},
         "sample_arguments": {"samples": []},
     }
     cfg = parse_config(data, source="command line")
@@ -157,8 +162,10 @@ def run_highres(req: HighresRequest, *, device: str | None = None, force: bool =
     opened once) and put the heatmap at ``req.output`` with ``{output stem}_coords.h5`` beside it.
 
     Raises:
-        WsiHeatmapsError: any bad input (config, checkpoint, slide, ROI).
+        WsiHeatmapsError: any bad input (config, checkpoint, slide, ROI); MissingDependencyError on
+        the light install.
     """
+    require_full_install("--checkpoint")
     from models import tune_cpu_allocator
     from models.checkpoints import load_mil_checkpoint
 
@@ -196,6 +203,8 @@ def finish_highres(cfg: HeatmapConfig, task: SlideTask, output: str) -> Path:
         for made, there in zip((so.qupath_tiles(), so.qupath_tissue()), qupath_companions(out)):
             if made.is_file():
                 os.replace(made, there)
+    if cfg.heatmap_arguments.save_dsa and so.dsa_annotation().is_file():
+        os.replace(so.dsa_annotation(), dsa_companion(out))
     fine = read_scores(so.overlap_h5())
     p = cfg.patching_arguments
     write_coords_h5(coords_h5_path(out), fine.coords, fine.scores, patch_size=p.patch_size, step=cfg.step_size,
@@ -232,7 +241,8 @@ def rerender(req: HighresRequest) -> Path:
         kw = dict(patch_size_level0=footprint, vis_level=level, contours=_contours_for(slide, scores_path),
                   style=HeatmapStyle(cmap=req.cmap, alpha=req.alpha), convert_to_percentiles=not percentile, roi=req.roi)
         write_heatmap(slide, sf.scores, sf.coords, Path(req.output),
-                      raw_scores=scores_tiff_path(req.output) if req.raw_scores and ext == "tiff" else None, **kw)
+                      raw_scores=scores_tiff_path(req.output) if req.raw_scores and ext == "tiff" else None,
+                      empty_background=req.tiff_background == "empty", **kw)
         if req.geojson:
             tiles, tissue = qupath_companions(req.output)
             pct = sf.scores if percentile else rank_percentiles(sf.scores)
@@ -241,5 +251,9 @@ def rerender(req: HighresRequest) -> Path:
                 measurements[ATTENTION_RAW] = read_raw_scores(scores_path).attention
             write_qupath_tiles(tiles, sf.coords, footprint, measurements)
             write_qupath_annotations(tissue, kw["contours"])
+        if req.dsa:
+            write_dsa(dsa_companion(req.output), slide, sf.coords, footprint,
+                      sf.scores if percentile else rank_percentiles(sf.scores), cmap=req.cmap, alpha=req.alpha,
+                      source=scores_path.name)
     log.info("%s: %d patches re-rendered at level %d -> %s", scores_path.name, len(sf.coords), level, req.output)
     return Path(req.output)

@@ -25,7 +25,9 @@ Beside them (wsi-heatmaps)::
     {production dir}/{slide_id}_attention.{ext}, {slide_id}_score_{class}.{ext}
                                       score maps; ``{stem}_colorbar.png`` and ``{stem}_scale.json`` beside each
     {results_dir}/{process_list stem}.csv                        the results table
+    {production dir}/{slide_id}_dsa_annotation.json   DSA / HistomicsUI heatmap annotation (save_dsa)
     {output stem}_coords.h5, {output stem}_scores.tif            beside a high-resolution heatmap
+    {output stem}_dsa_annotation.json                            beside it with --dsa
     {output stem}_work/                                          its intermediate files (reused by a rerun)
 
 The seed commands (``generate-heatmaps``, ``create-heatmaps-marugoto``) put one run under ``-o``/``--output_dir``
@@ -119,6 +121,10 @@ class SlideOutputs:
     def qupath_tissue(self, *, gzipped: bool = False) -> Path:
         """The tissue as QuPath annotations: ``{slide_id}_tissue_annotations.geojson[.gz]``."""
         return self.production_dir / f"{self.slide_id}_tissue_annotations.geojson{'.gz' if gzipped else ''}"
+
+    def dsa_annotation(self) -> Path:
+        """The fine-pass scores as a DSA / HistomicsUI heatmap annotation: ``{slide_id}_dsa_annotation.json``."""
+        return self.production_dir / f"{self.slide_id}_dsa_annotation.json"
 
     @property
     def state_json(self) -> Path:
@@ -278,6 +284,12 @@ def qupath_companions(out_path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """``{output stem}_tiles.geojson`` and ``{output stem}_tissue_annotations.geojson`` beside a heatmap."""
     p = Path(out_path)
     return p.with_name(f"{p.stem}_tiles.geojson"), p.with_name(f"{p.stem}_tissue_annotations.geojson")
+
+
+def dsa_companion(out_path: str | os.PathLike[str]) -> Path:
+    """``{output stem}_dsa_annotation.json`` beside a heatmap (the DSA / HistomicsUI annotation)."""
+    p = Path(out_path)
+    return p.with_name(f"{p.stem}_dsa_annotation.json")
 
 
 def highres_work_dir(out_path: str | os.PathLike[str]) -> Path:

@@ -24,9 +24,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from models import MILModel, tune_cpu_allocator
+from models.encode import progress_bar
 from models.checkpoints import load_mil_checkpoint
 from wsi_core.errors import ConfigError, WsiHeatmapsError
 from wsi_core.io import atomic_path
@@ -292,11 +292,13 @@ def run_config(cfg: HeatmapConfig, *, source: str = "<config>", force: bool = Fa
     executor = executor or ClaimingExecutor(lambda j: j.claim, done=done_in_this_run, run_id=run_id,
                                             lock_timeout=worker.lock_timeout, method=worker.lock_method,
                                             on_takeover=clean_after)
-    bar = tqdm(total=len(jobs), desc=f"slides ({cfg.exp_arguments.save_exp_code})", unit="slide", disable=not progress)
+    bar = progress_bar(len(jobs), progress, f"slides ({cfg.exp_arguments.save_exp_code})", unit="slide")
     for job, outcome in executor.map(work, jobs):
         book.record(job.index, job.slide_id, outcome)
-        bar.update(1)
-    bar.close()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     book.assemble()
     summary = book.summary
     if isinstance(executor, ClaimingExecutor) and executor.skipped_held:

@@ -111,8 +111,23 @@ class _ClamBase(MILModel):
 
     def _pool(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """h (N, D) -> (pooled M (K, L), raw attention (K, N))."""
+        M, A, _ = self.pool_with_embedding(h)
+        return M, A
+
+    def pool_with_embedding(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h (N, D) -> (pooled M (K, L), raw attention (K, N), instance embeddings h' (N, L));
+        h' feeds CLAM's instance classifiers in training (``models.train.losses.clam_instance_loss``)."""
         hp, A = self._embed_and_attend(self._as_bag(h))
-        return F.softmax(A, dim=1) @ hp, A
+        return F.softmax(A, dim=1) @ hp, A, hp
+
+    def bag_logits(self, M: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Pooled M (K, L) -> logits (1, C)."""
+        raise NotImplementedError
+
+    def forward_with_embedding(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h (N, D) -> (logits (1, C), raw attention (K, N), h' (N, L)) in one pass (training)."""
+        M, A, hp = self.pool_with_embedding(h)
+        return self.bag_logits(M), A, hp
 
 
 class ClamSB(_ClamBase):
@@ -127,9 +142,12 @@ class ClamSB(_ClamBase):
                          gate=gate, dropout=dropout, attn_dropout=attn_dropout)
         self.classifiers = nn.Linear(CLAM_SIZES[model_size][0], n_classes)
 
+    def bag_logits(self, M: Tensor) -> Tensor:
+        return self.classifiers(M)
+
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         M, A = self._pool(h)
-        logits = self.classifiers(M)
+        logits = self.bag_logits(M)
         return logits, F.softmax(logits, dim=1), A
 
     def instance_scores(self, h: Tensor) -> Tensor:
@@ -152,9 +170,12 @@ class ClamMB(_ClamBase):
         L = CLAM_SIZES[model_size][0]
         self.classifiers = nn.ModuleList(nn.Linear(L, 1) for _ in range(n_classes))
 
+    def bag_logits(self, M: Tensor) -> Tensor:
+        return torch.cat([clf(M[c]) for c, clf in enumerate(self.classifiers)]).unsqueeze(0)
+
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         M, A = self._pool(h)
-        logits = torch.cat([clf(M[c]) for c, clf in enumerate(self.classifiers)]).unsqueeze(0)
+        logits = self.bag_logits(M)
         return logits, F.softmax(logits, dim=1), A
 
     def instance_scores(self, h: Tensor) -> Tensor:

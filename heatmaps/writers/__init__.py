@@ -12,5 +12,6 @@ from __future__ import annotations
 
 from .base import STAGES, WRITERS, SlideArtifacts, Writer, register_writer, run_writers, writers_for
 from . import images, qupath, samples, scoremaps  # noqa: F401,E402  (register the built-in writers)
+from . import dsa  # noqa: F401,E402  (DSA / HistomicsUI annotation)
 
 __all__ = ["STAGES", "SlideArtifacts", "Writer", "WRITERS", "register_writer", "writers_for", "run_writers"]

@@ -36,18 +36,20 @@ def style(cfg: HeatmapConfig, *, final: bool) -> HeatmapStyle:
 
 
 def write_heatmap(slide: Slide, scores: np.ndarray, coords: np.ndarray, path: Path, *, vis_level: int,
-                  raw_scores: Path | None = None, **kw) -> None:
+                  raw_scores: Path | None = None, empty_background: bool = False, **kw) -> None:
     """Render and save a heatmap: a tiled pyramidal TIFF (band by band, bounded memory, any level
     up to 0) for ``.tiff``/``.tif``, else one PNG/JPEG image (refused when too large).
 
-    ``raw_scores``: TIFF only, where to write the grayscale score map too. ``**kw``: as
-    :func:`vis_utils.render_heatmap`.
+    ``raw_scores``: TIFF only, where to write the grayscale score map too. ``empty_background``:
+    TIFF only, tiles without heatmap colour stored empty (see
+    :func:`vis_utils.tiled.render_heatmap_tiff`). ``**kw``: as :func:`vis_utils.render_heatmap`.
 
     Raises:
         ConfigError: a PNG/JPEG larger than the format allows (use save_ext: tiff).
     """
     if path.suffix.lower().lstrip(".") in TIFF_EXTS:
-        render_heatmap_tiff(slide, scores, coords, vis_level=vis_level, out_path=path, raw_scores=raw_scores, **kw)
+        render_heatmap_tiff(slide, scores, coords, vis_level=vis_level, out_path=path, raw_scores=raw_scores,
+                            empty_background=empty_background, **kw)
         return
     level = resolve_level(slide, vis_level)
     w, h = region_size_at_level(slide, level, kw.get("roi"))
@@ -107,7 +109,7 @@ def _heatmap(a: SlideArtifacts) -> list[Path]:
     write_heatmap(a.slide, a.fine_scores, a.fine_coords, path, patch_size_level0=a.patch_size_level0,
                   vis_level=h.vis_level, contours=a.contours, style=st,
                   convert_to_percentiles=not h.use_ref_scores, roi=a.task.roi if h.use_roi else None,
-                  raw_scores=raw)
+                  raw_scores=raw, empty_background=h.tiff_background == "empty")
     record = {"image": path.name, "fine_pass": a.fine_h5.name if a.fine_h5 else None, "vis_level": h.vis_level,
               "scores": "percentile" if h.use_ref_scores else "raw, ranked into percentiles",
               "roi": list(a.task.roi) if (h.use_roi and a.task.roi) else None, **dataclasses.asdict(st)}

@@ -43,7 +43,7 @@ from .registry import (
     register_encoder,
     resolve_target_size,
 )
-from .transforms import build_transform, eval_transform
+from .transforms import DeviceTransform, build_transform, device_transform, eval_transform
 
 # the built-in entries register themselves on import, in this order
 from . import resnet50_trunc, vit  # noqa: E402,F401  isort: skip
@@ -51,6 +51,6 @@ from . import resnet50_trunc, vit  # noqa: E402,F401  isort: skip
 __all__ = [
     "Encoder", "EncoderInfo", "TransformSpec", "register_encoder", "create_encoder", "encoder_info",
     "list_encoders", "encoder_for_dim", "encoders_by_dim", "dim_label", "fully_conv_encoders",
-    "resolve_target_size", "build_transform", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD",
+    "resolve_target_size", "build_transform", "eval_transform", "DeviceTransform", "device_transform", "IMAGENET_MEAN", "IMAGENET_STD",
     "PRECISIONS", "normalise_precision", "default_precision", "autocast_context",
 ]

@@ -1,5 +1,7 @@
 """Evaluation transforms of the encoders: a :class:`~models.encoders.TransformSpec` -> a
-torchvision ``Compose`` (PIL RGB image -> (3, size, size) float32 tensor).
+torchvision ``Compose`` (PIL RGB image -> (3, size, size) float32 tensor), and the same steps as
+batched tensor operations on the encoder's device (:class:`DeviceTransform`: uint8 patches are
+uploaded and resized / normalised on the GPU instead of one PIL image at a time on the CPU).
 
 torchvision is imported when a transform is built, not when this module is imported.
 """
@@ -13,7 +15,7 @@ if TYPE_CHECKING:
     from PIL import Image
     from torch import Tensor
 
-__all__ = ["build_transform", "eval_transform"]
+__all__ = ["build_transform", "eval_transform", "DeviceTransform", "device_transform"]
 
 
 def build_transform(spec: TransformSpec, size: int) -> Callable[[Image.Image], Tensor]:
@@ -31,9 +33,60 @@ def build_transform(spec: TransformSpec, size: int) -> Callable[[Image.Image], T
         if spec.center_crop:
             steps.append(transforms.CenterCrop(size))
     steps += [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]
-    return transforms.Compose(steps)
+    compose = transforms.Compose(steps)
+    compose.spec, compose.size = spec, int(size)  # read by device_transform()
+    return compose
 
 
 def eval_transform(target_img_size: int) -> Callable[[Image.Image], Tensor]:
     """CLAM's eval transform: [Resize(size) if size > 0 (bilinear)], ToTensor, ImageNet Normalize."""
     return build_transform(TransformSpec(), target_img_size)
+
+
+class DeviceTransform:
+    """:func:`build_transform`'s steps as batched tensor operations, on whatever device the batch is.
+
+    Call with a (b, H, W, 3) uint8 RGB tensor (patches as read) -> (b, 3, size, size) float32.
+    Resize: ``torch.nn.functional.interpolate`` of the shorter side to ``size`` with
+    ``antialias=True`` (the PIL-style filter torchvision uses for tensors), rounded to whole
+    uint8 levels like PIL's uint8 output; then the centre crop, /255 and ``(x - mean) / std``.
+    Equal to the PIL transform within about 0.02 after normalisation (1-2 uint8 levels where the
+    two resamplers round differently; identical when no resize happens), see
+    ``tests/models/encoders/test_device_transform.py``.
+    """
+
+    def __init__(self, spec: TransformSpec, size: int) -> None:
+        self.spec, self.size = spec, int(size)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"DeviceTransform takes (b, H, W, 3) uint8 patches, got {tuple(x.shape)} {x.dtype}")
+        x = x.permute(0, 3, 1, 2).float()
+        h, w = x.shape[-2:]
+        if self.size > 0 and min(h, w) != self.size:
+            s = self.size / min(h, w)
+            oh, ow = (self.size, max(1, int(w * s))) if h <= w else (max(1, int(h * s)), self.size)
+            x = F.interpolate(x, size=(oh, ow), mode=self.spec.interpolation, align_corners=False,
+                              antialias=True).round_().clamp_(0, 255)
+        if self.size > 0 and self.spec.center_crop:
+            h, w = x.shape[-2:]
+            top, left = int(round((h - self.size) / 2.0)), int(round((w - self.size) / 2.0))
+            x = x[..., top:top + self.size, left:left + self.size]
+        mean = torch.tensor(self.spec.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.spec.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * 255.0
+        return (x - mean) / std
+
+    def __repr__(self) -> str:
+        return f"DeviceTransform(size={self.size}, {self.spec})"
+
+
+def device_transform(transform: object) -> DeviceTransform | None:
+    """The :class:`DeviceTransform` equal to ``transform`` when it was made by
+    :func:`build_transform` (it carries its spec), else None (an ad-hoc transform stays on the CPU)."""
+    spec, size = getattr(transform, "spec", None), getattr(transform, "size", None)
+    if not isinstance(spec, TransformSpec) or size is None:
+        return None
+    return DeviceTransform(spec, size)

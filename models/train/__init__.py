@@ -1,7 +1,11 @@
-"""Training MIL models: the loop (:mod:`.loop`) and its losses (:mod:`.losses`).
+"""Training MIL models.
 
-The seed of the project's trainer (cohort datasets, splits and logging will join it here; the
-future loop will run on a training library). Today it trains the demo's checkpoint.
+The trainer (``train-mil``, :mod:`.cli` -> :func:`.run.train_run`): the cohort (:mod:`.data`),
+patient-level splits in CLAM's files (:mod:`.splits`), the config (:mod:`.config`), losses
+(:mod:`.losses`), metrics (:mod:`.metrics`), the Lightning module and callbacks (:mod:`.module`),
+TensorBoard attention images (:mod:`.attention_maps`). Importing this package loads only the
+demo's full-batch loop (:mod:`.loop`) and the losses; Lightning is imported by the trainer's
+modules themselves.
 """
 from __future__ import annotations
 

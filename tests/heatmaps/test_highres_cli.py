@@ -45,9 +45,11 @@ def test_scores_rerender_png_equals_tiff_level(ref, slides_dir, tmp_path):
     raw = ref / "real_sb/heatmap_raw_results/REAL_SB/class_b/tcga-cr-7395-01a-01-ts1"
     slide = slides_dir / "tcga-cr-7395-01a-01-ts1.svs"
     scores = str(raw / "tcga-cr-7395-01a-01-ts1_0.5_roi_False.h5")
-    png, tif = tmp_path / "t.png", tmp_path / "t.tiff"
-    assert cli_main(["--scores", scores, "--slide", str(slide), "--output", str(png), "--vis_level", "1", "--quiet"]) == 0
-    assert cli_main(["--scores", scores, "--slide", str(slide), "--output", str(tif), "--vis_level", "1", "--quiet"]) == 0
+    png, tif, empty = tmp_path / "t.png", tmp_path / "t.tiff", tmp_path / "e.tiff"
+    argv = ["--scores", scores, "--slide", str(slide), "--vis_level", "1", "--quiet"]
+    assert cli_main([*argv, "--output", str(png)]) == 0
+    assert cli_main([*argv, "--output", str(tif), "--tiff_background", "slide"]) == 0
+    assert cli_main([*argv, "--output", str(empty)]) == 0                 # default: empty background tiles
     from PIL import Image
 
     a = np.asarray(Image.open(png), np.int16)
@@ -55,6 +57,11 @@ def test_scores_rerender_png_equals_tiff_level(ref, slides_dir, tmp_path):
         b = np.asarray(t.read_region((0, 0), 0, t.level_dimensions[0]).convert("RGB"), np.int16)
     assert a.shape == b.shape == (1783, 2221, 3)
     assert np.abs(a - b).mean() < 2.0                                   # the TIFF tiles are JPEG q90
+    with openslide.OpenSlide(str(empty)) as t:
+        e = np.asarray(t.read_region((0, 0), 0, t.level_dimensions[0]))
+    shown = e[..., 3] == 255
+    assert 0.2 < shown.mean() < 1.0 and (e[~shown, 3] == 0).all()      # background tiles transparent
+    assert np.abs(a[shown] - e[shown][:, :3]).mean() < 2.0              # tissue tiles: the same picture
 
 
 def test_scores_rerender_runs_without_torch(ref, slides_dir, tmp_path):
@@ -125,8 +132,10 @@ def test_geojson_beside_the_one_slide_output_and_the_rerender(ref, slides_dir, t
 
     out = tmp_path / "cmu.png"
     assert cli_main(_args(ref, slides_dir / "CMU-1-Small-Region.svs", out, "--overlap", "0.5", "--vis_level", "0",
-                          "--geojson")) == 0
+                          "--geojson", "--dsa")) == 0
     tiles = json.loads((tmp_path / "cmu_tiles.geojson").read_text())
+    dsa = json.loads((tmp_path / "cmu_dsa_annotation.json").read_text())          # moved beside the output too
+    assert dsa["attributes"]["wsi_heatmaps"]["n_patches"] == 121
     with h5py.File(tmp_path / "cmu_coords.h5") as f:
         assert len(tiles["features"]) == len(f["coords"]) == 121
     assert (tmp_path / "cmu_tissue_annotations.geojson").is_file()
@@ -138,3 +147,26 @@ def test_geojson_beside_the_one_slide_output_and_the_rerender(ref, slides_dir, t
     a = [f["properties"]["measurements"]["attention_percentile"] for f in tiles["features"]]
     b = [f["properties"]["measurements"]["attention_percentile"] for f in re_tiles["features"]]
     assert np.allclose(a, b, atol=1e-4)
+
+
+def test_dsa_beside_the_rerender_of_a_slide_without_mpp(ref, slides_dir, tmp_path, caplog):
+    """tcga-cr-7395 records no mpp: the annotation is still written, in level-0 px, and says so."""
+    import json
+
+    from tests.wsi_core.test_dsa import heat_points
+
+    raw = ref / "real_sb/heatmap_raw_results/REAL_SB/class_b/tcga-cr-7395-01a-01-ts1"
+    scores = raw / "tcga-cr-7395-01a-01-ts1_0.5_roi_False.h5"
+    out = tmp_path / "t.png"
+    with caplog.at_level("WARNING"):
+        assert cli_main(["--scores", str(scores), "--slide", str(slides_dir / "tcga-cr-7395-01a-01-ts1.svs"),
+                         "--output", str(out), "--vis_level", "1", "--dsa", "--quiet"]) == 0
+    assert "no mpp" in caplog.text
+    doc = json.loads((tmp_path / "t_dsa_annotation.json").read_text())
+    assert "no mpp" in doc["description"] and doc["attributes"]["wsi_heatmaps"]["mpp"] is None
+    with h5py.File(scores) as f:
+        coords, pct = f["coords"][:], f["attention_scores"][:, 0]
+    half = doc["attributes"]["wsi_heatmaps"]["patch_size_level0"][0] / 2
+    got = heat_points(doc["elements"][0])
+    want = {(x + half, y + half): v for (x, y), v in zip(coords.tolist(), pct.tolist()) if v}
+    assert got.keys() == want.keys() and np.allclose([got[k] for k in want], list(want.values()), atol=1e-4)

@@ -161,7 +161,7 @@ def test_highres_roi_tiff_in_the_slide_geometry_and_the_summary_names_the_class(
         assert "roi 700,900,1500,1700 (level-0 px" in tif.properties["openslide.comment"]
         rgba = np.asarray(tif.read_region((0, 0), 0, (2220, 2967)))
     assert (rgba[:768, :, 3] == 0).all() and (rgba[1792:, :, 3] == 0).all()   # whole tiles outside: transparent
-    assert (rgba[900:1700, 700:1500, 3] == 255).all()
+    assert (rgba[900:1700, 700:1500, 3] == 255).mean() > 0.9              # inside: all but background tiles
     # the ROI-sized render of the same scores (what an ROI TIFF used to be) sits at the ROI's place
     png = tmp_path / "roi.png"
     assert main_highres(["--scores", str(tmp_path / "cmu_coords.h5"), "--slide", str(slide), "--output", str(png),
@@ -170,7 +170,8 @@ def test_highres_roi_tiff_in_the_slide_geometry_and_the_summary_names_the_class(
 
     old = np.asarray(Image.open(png).convert("RGB"), np.int16)
     assert old.shape == (800, 800, 3)
-    assert np.abs(rgba[900:1700, 700:1500, :3].astype(np.int16) - old).mean() < 2.0    # JPEG q90 tiles
+    shown = rgba[900:1700, 700:1500, 3] == 255
+    assert np.abs(rgba[900:1700, 700:1500, :3].astype(np.int16)[shown] - old[shown]).mean() < 2.0  # JPEG q90 tiles
 
 
 def test_highres_without_names_says_class_i_of_n():

@@ -5,6 +5,7 @@ import gzip
 import json
 
 import h5py
+import numpy as np
 import pytest
 
 from heatmaps.layout import slide_outputs
@@ -45,3 +46,26 @@ def test_qupath_geojson_of_a_real_run(make_fast_config, tmp_path, gz):
     tissue = out.qupath_tissue(gzipped=gz).read_bytes()
     ann = json.loads(gzip.decompress(tissue) if gz else tissue)
     assert ann["features"] and all(f["properties"]["objectType"] == "annotation" for f in ann["features"])
+
+
+@pytest.mark.slow
+def test_dsa_annotation_of_a_real_run(make_fast_config, tmp_path):
+    from tests.wsi_core.test_dsa import heat_points
+
+    cfg = make_fast_config(tmp_path, [{"slide_id": "CMU-1-Small-Region", "label": "class_a"}],
+                           patching_arguments={"overlap": 0.5},
+                           heatmap_arguments={"vis_level": -1, "save_orig": False, "save_dsa": True, "alpha": 0.5})
+    assert not run_config(cfg, progress=False).failed
+    out = slide_outputs(cfg, "CMU-1-Small-Region", "class_a")
+    doc = json.loads(out.dsa_annotation().read_text())
+    with h5py.File(out.overlap_h5()) as f:
+        coords, pct = f["coords"][:], f["attention_scores"][:, 0]
+    (el,) = doc["elements"]
+    assert el["radius"] == 128 and el["colorRange"][0] == "rgba(0, 0, 127, 0.500)"        # jet's first colour
+    got = heat_points(el)                                     # every fine-pass patch at its centre, nothing else
+    want = {(x + 128, y + 128): v for (x, y), v in zip(coords.tolist(), pct.tolist()) if v}
+    assert got.keys() == want.keys() and np.allclose([got[k] for k in want], list(want.values()), atol=1e-4)
+    assert "0.499 x 0.499 µm/px" in doc["description"]
+    ann = pytest.importorskip("girder_large_image_annotation.models.annotation",
+                              reason="large_image's annotation schema comes with girder-large-image-annotation")
+    ann.Annotation.validatorAnnotation.validate(doc)

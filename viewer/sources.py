@@ -1,0 +1,419 @@
+"""What the viewer serves: a slide, its heatmap (a pyramidal TIFF or a score file) and a grid index.
+
+Every source speaks Deep Zoom in the **slide's** geometry (OpenSlide's ``DeepZoomGenerator``,
+254 px tiles, 1 px overlap), so the two viewers of the page share one coordinate system: DZ level
+``L`` has downsample ``d = 2 ** (max_level - L)`` and DZ px ``p`` is level-0 px ``p * d``.
+
+* :class:`SlideSource` - the slide through ``DeepZoomGenerator`` (JPEG tiles).
+* :class:`TiffHeatmapSource` - a pyramidal heatmap TIFF this tool wrote at ``vis_level`` 0
+  (``vis_utils.tiled.render_heatmap_tiff``), opened with OpenSlide; its level-0 size must equal
+  the slide's (else refused: a TIFF of another level or slide would be drawn in the wrong place).
+* :class:`ScoreSource` - a score file (blockmap, fine pass or ``_coords.h5``,
+  ``wsi_core.formats.read_scores``) drawn on the fly with the project's renderer
+  (``vis_utils.heatmap.plan_heatmap`` + ``render_on_canvas``): a tile at the DZ level of
+  downsample ``d`` equals the crop of ``render_heatmap`` at a slide level of downsample ``d``
+  (exactly so at level 0, and at every slide level whose downsample is a power of two). Tissue
+  segmentation is not applied (``segment`` off: the viewer has no contours).
+* :class:`GridIndex` - patches bucketed by grid cell, so a tile or a point asks only the cells
+  it touches (never a scan of all N patches).
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from openslide.deepzoom import DeepZoomGenerator
+
+from vis_utils.heatmap import HeatmapPlan, HeatmapStyle, blur_ksize, plan_heatmap, render_on_canvas
+from vis_utils.normalize import ScoreScale, fit_scale
+from vis_utils.percentiles import rank_percentiles
+from wsi_core.errors import ConfigError, FeatureFileError
+from wsi_core.formats import has_raw_scores, read_raw_scores, read_scores, scores_are_percentiles
+from wsi_core.levels import patch_footprint_level0, to_level_px
+from wsi_core.slide import Slide, open_slide
+
+__all__ = ["TILE_SIZE", "TILE_OVERLAP", "GridIndex", "SlideSource", "TiffHeatmapSource", "ScoreSource",
+           "TileStyle", "TileCache", "dz_tile_box", "min_dz_level",
+           "release_heap", "limit_arenas"]
+
+TILE_SIZE = 254            # Deep Zoom tile size (px) and overlap: 256-px tiles on the wire
+TILE_OVERLAP = 1
+JPEG_QUALITY = 80
+TRIM_AFTER_PATCHES = 50_000   # tiles drawn from more patches give their heap back (release_heap)
+
+
+def dz_tile_box(dz: DeepZoomGenerator, level: int, col: int, row: int) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` DZ px of tile ``(col, row)`` at DZ ``level``, overlap included
+    (``DeepZoomGenerator``'s own rule). Raises ValueError for a tile that does not exist."""
+    if not 0 <= level < dz.level_count:
+        raise ValueError(f"no Deep Zoom level {level} (0-{dz.level_count - 1})")
+    (w, h), (nc, nr) = dz.level_dimensions[level], dz.level_tiles[level]
+    if not (0 <= col < nc and 0 <= row < nr):
+        raise ValueError(f"no tile {col}_{row} at Deep Zoom level {level} ({nc}x{nr} tiles)")
+    x0 = col * TILE_SIZE - (TILE_OVERLAP if col else 0)
+    y0 = row * TILE_SIZE - (TILE_OVERLAP if row else 0)
+    x1 = min(w, (col + 1) * TILE_SIZE + (TILE_OVERLAP if col < nc - 1 else 0))
+    y1 = min(h, (row + 1) * TILE_SIZE + (TILE_OVERLAP if row < nr - 1 else 0))
+    return x0, y0, x1, y1
+
+
+def release_heap() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere). Reading a
+    score H5 of 1M patches in 32-row chunks leaves ~120 MiB of HDF5 buffers on the heap."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def limit_arenas(n: int = 2) -> None:
+    """At most ``n`` glibc malloc arenas (``M_ARENA_MAX``): a threaded server otherwise keeps one
+    heap per request thread, and the RSS grows with every burst of tiles. No-op without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, int(n))      # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def min_dz_level(dz: DeepZoomGenerator) -> int:
+    """The deepest Deep Zoom level that is a single tile: the page asks for nothing coarser."""
+    return max(lvl for lvl in range(dz.level_count) if dz.level_tiles[lvl] == (1, 1))
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    return buf.tobytes()
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return buf.tobytes()
+
+
+class GridIndex:
+    """Patches bucketed by a square grid of ``cell`` level-0 px (their top-left corner's cell).
+
+    Args:
+        coords: ``(N, 2)`` int64 level-0 px top-left ``(x, y)``.
+        patch: ``(pw, ph)`` level-0 px covered by each patch.
+        cell: grid cell size, level-0 px (default ``2 * max(patch)``).
+
+    A query visits only the grid rows/columns its box touches (one ``searchsorted`` per cell row):
+    a 254-px tile at level 0 costs ``O(patches near it)``, independent of N.
+    """
+
+    def __init__(self, coords: np.ndarray, patch: tuple[int, int], cell: int | None = None) -> None:
+        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        self.patch = (int(patch[0]), int(patch[1]))
+        self.cell = int(cell or 2 * max(self.patch))
+        g = self.coords // self.cell
+        self.origin = g.min(axis=0) if len(g) else np.zeros(2, np.int64)
+        g = g - self.origin
+        self.ncols = int(g[:, 0].max()) + 1 if len(g) else 1
+        keys = g[:, 1] * self.ncols + g[:, 0]
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+        self.nrows = int(g[:, 1].max()) + 1 if len(g) else 0
+
+    def query(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        """Indices (ascending) of the patches whose box ``[x, x + pw) x [y, y + ph)`` meets the
+        level-0 box ``[x0, x1) x [y0, y1)``."""
+        pw, ph = self.patch
+        c0 = max(int((x0 - pw) // self.cell) - int(self.origin[0]), 0)
+        c1 = min(int((x1 - 1) // self.cell) - int(self.origin[0]), self.ncols - 1)
+        r0 = max(int((y0 - ph) // self.cell) - int(self.origin[1]), 0)
+        r1 = min(int((y1 - 1) // self.cell) - int(self.origin[1]), self.nrows - 1)
+        if c0 > c1 or r0 > r1:
+            return np.zeros(0, np.int64)
+        rows = np.arange(r0, r1 + 1) * self.ncols
+        lo = np.searchsorted(self.keys, rows + c0, side="left")
+        hi = np.searchsorted(self.keys, rows + c1, side="right")
+        cand = np.concatenate([self.order[a:b] for a, b in zip(lo, hi) if b > a] or [np.zeros(0, np.int64)])
+        c = self.coords[cand]
+        hit = (c[:, 0] < x1) & (c[:, 0] + pw > x0) & (c[:, 1] < y1) & (c[:, 1] + ph > y0)
+        return np.sort(cand[hit])
+
+
+class TileCache:
+    """A thread-safe LRU of encoded tiles, bounded in bytes; a tile being made by one thread is
+    waited for by the others (never made twice at once)."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes, self.size = int(max_bytes), 0
+        self._d: OrderedDict[tuple, bytes] = OrderedDict()
+        self._busy: dict[tuple, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, make: Callable[[], bytes]) -> bytes:
+        while True:
+            with self._lock:
+                if key in self._d:
+                    self._d.move_to_end(key)
+                    return self._d[key]
+                wait = self._busy.get(key)
+                if wait is None:
+                    self._busy[key] = threading.Event()
+                    break
+            wait.wait()
+        try:
+            data = make()
+            with self._lock:
+                self._d[key] = data
+                self.size += len(data)
+                while self.size > self.max_bytes and len(self._d) > 1:
+                    self.size -= len(self._d.popitem(last=False)[1])
+            return data
+        finally:
+            with self._lock:
+                self._busy.pop(key).set()
+
+
+class SlideSource:
+    """A slide served as Deep Zoom (JPEG tiles). Raises SlideOpenError (one line) when OpenSlide
+    cannot open it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.slide: Slide = open_slide(self.path)
+        self.dz = DeepZoomGenerator(self.slide.handle, tile_size=TILE_SIZE, overlap=TILE_OVERLAP)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 ``(w, h)`` px."""
+        return self.slide.dimensions
+
+    def tile(self, level: int, col: int, row: int) -> bytes:
+        dz_tile_box(self.dz, level, col, row)           # ValueError for a bad address
+        return _jpeg(np.asarray(self.dz.get_tile(level, (col, row)).convert("RGB")))
+
+    def region(self, level: int, box: tuple[int, int, int, int]) -> np.ndarray:
+        """``(h, w, 3)`` uint8 RGB of DZ px ``box`` at DZ ``level``, read from the best slide
+        level and resized (INTER_AREA) - DZ level ``max`` is exactly ``read_region`` at level 0."""
+        x0, y0, x1, y1 = box
+        d = 2.0 ** (self.dz.level_count - 1 - level)
+        lvl = self.slide.best_level_for_downsample(d)
+        ds = self.slide.level_downsamples[lvl]
+        loc = (int(x0 * d), int(y0 * d))
+        size = (max(1, math.ceil((x1 - x0) * d / ds[0])), max(1, math.ceil((y1 - y0) * d / ds[1])))
+        rgb = self.slide.read_region(loc, lvl, size)
+        if rgb.shape[1] != x1 - x0 or rgb.shape[0] != y1 - y0:
+            rgb = cv2.resize(rgb, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        return rgb
+
+
+class TiffHeatmapSource(SlideSource):
+    """A pyramidal heatmap TIFF written at ``vis_level`` 0 of ``slide`` (OpenSlide reads it).
+
+    Raises:
+        SlideOpenError: OpenSlide cannot open the TIFF.
+        ConfigError: its level-0 size differs from the slide's (names both sizes; offers the
+            score-file mode).
+    """
+
+    def __init__(self, path: str | Path, slide: SlideSource) -> None:
+        super().__init__(path)
+        if self.dimensions != slide.dimensions:
+            (w, h), (sw, sh) = self.dimensions, slide.dimensions
+            raise ConfigError(
+                f"{self.path}: heatmap TIFF level 0 is {w}x{h} px but slide {slide.slide.slide_id} is "
+                f"{sw}x{sh} px (a TIFF drawn at another vis_level or of another slide); view its score "
+                "file instead: --heatmap with the slide's blockmap or fine-pass H5")
+
+
+@dataclass(frozen=True)
+class TileStyle:
+    """How a score file is drawn (the page's style query parameters).
+
+    cmap: matplotlib name. alpha: colour weight 0-1 over the slide. scale: ``'percentile'`` (CLAM
+    rank percentiles of this slide), ``'raw'`` (raw attention, quantiles ``lower``/``upper`` of this
+    slide) or ``'run'`` (raw attention, quantiles over every slide of the run). blur, binarize,
+    binary_thresh (-1 = 1/N), overlap (sets the blur kernel): as ``HeatmapStyle``.
+    blank: white canvas instead of the slide.
+    """
+
+    cmap: str = "jet"
+    alpha: float = 0.4
+    scale: str = "percentile"
+    lower: float = 0.0
+    upper: float = 1.0
+    blur: bool = False
+    binarize: bool = False
+    binary_thresh: float = -1.0
+    overlap: float = 0.0
+    blank: bool = False
+
+    def heatmap_style(self) -> HeatmapStyle:
+        return HeatmapStyle(cmap=self.cmap, alpha=self.alpha, blur=self.blur, overlap=self.overlap,
+                            binarize=self.binarize, binary_thresh=self.binary_thresh,
+                            blank_canvas=self.blank, segment=False)
+
+
+SCALES = ("percentile", "raw", "run")
+
+
+@dataclass
+class ScoreSource:
+    """A score file of ``slide`` drawn on the fly; see the module docstring.
+
+    Attributes:
+        scores: ``(N,)`` float32 ``attention_scores``. coords: ``(N, 2)`` int64 level-0 px.
+        percentiles: ``(N,)`` float64 0-100 (the file's own when it holds percentiles).
+        raw: ``(N,)`` raw attention (``attention_raw``, else the file's scores when they are raw;
+            None when the file holds percentiles only). class_logits: ``(N, C)`` per-patch class logits or None.
+        patch: ``(pw, ph)`` level-0 px. index: the :class:`GridIndex`.
+        score_kind: what ``attention_scores`` hold when the file does not say (``score_kind``
+            attribute): ``'raw'`` or ``'percentile'`` (CLAM's fine-pass H5 with use_ref_scores);
+            None: raw.
+
+    Raises:
+        FeatureFileError: not a score file (no ``attention_scores``), coords outside the slide,
+            no patch size known.
+    """
+
+    path: Path
+    slide: SlideSource
+    patch_size: int | None = None
+    run_scale: Callable[[float, float], ScoreScale] | None = None
+    score_kind: str | None = None
+    _plans: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        sf = read_scores(self.path)
+        self.attrs = sf.attrs
+        self.scores, self.coords = sf.scores, sf.coords
+        w, h = self.slide.dimensions
+        out = (self.coords[:, 0] < 0) | (self.coords[:, 1] < 0) | (self.coords[:, 0] >= w) | (self.coords[:, 1] >= h)
+        if out.any():
+            x, y = self.coords[np.argmax(out)]
+            raise FeatureFileError(
+                f"{self.path}: {int(out.sum())} of {len(out)} coords lie outside slide "
+                f"{self.slide.slide.slide_id} ({w}x{h} level-0 px), e.g. ({x}, {y}); is it the score "
+                "file of another slide?")
+        self.patch = self._patch_wh()
+        if self.score_kind not in (None, "raw", "percentile"):
+            raise ConfigError(f"score kind must be 'raw' or 'percentile', got {self.score_kind!r}")
+        said = sf.attrs.get("score_kind")
+        is_pct = scores_are_percentiles(sf, file_kind=None) if said is not None or self.score_kind is None \
+            else self.score_kind == "percentile"
+        self.percentiles = sf.scores.astype(np.float64) if is_pct else rank_percentiles(sf.scores)
+        self.raw, self.class_logits = (None if is_pct else sf.scores), None
+        if has_raw_scores(self.path):
+            rs = read_raw_scores(self.path)
+            self.raw, self.class_logits = rs.attention, rs.class_logits
+        self.index = GridIndex(self.coords, self.patch)
+        self._lock = threading.Lock()
+        release_heap()
+        if "step_size" in self.attrs and self.patch[0]:
+            self.default_overlap = max(0.0, 1.0 - float(self.attrs["step_size"]) / self.patch[0])
+        else:
+            self.default_overlap = 0.0
+
+    def _patch_wh(self) -> tuple[int, int]:
+        a = self.attrs
+        if "patch_size_level0" in a:
+            return int(a["patch_size_level0"]), int(a["patch_size_level0"])
+        if self.patch_size:
+            return int(self.patch_size), int(self.patch_size)
+        if "patch_size" in a:
+            return patch_footprint_level0(self.slide.slide, patch_size=int(a["patch_size"]),
+                                          patch_level=int(a.get("patch_level", 0)),
+                                          custom_downsample=int(a.get("custom_downsample", 1)))
+        raise FeatureFileError(f"{self.path}: the file does not say its patch size; pass --patch-size "
+                               "(level-0 px, e.g. 256 for CLAM's default)")
+
+    # ------------------------------------------------------------------ colour values
+    def scale_for(self, style: TileStyle) -> ScoreScale | None:
+        """The raw-attention colour scale of ``style`` (None for ``'percentile'``).
+
+        Raises:
+            ConfigError: unknown scale; ``'raw'``/``'run'`` on a file with percentiles only;
+                ``'run'`` without a run.
+        """
+        if style.scale not in SCALES:
+            raise ConfigError(f"scale must be one of {SCALES}, got {style.scale!r}")
+        if style.scale == "percentile":
+            return None
+        if self.raw is None:
+            raise ConfigError(f"{self.path.name}: holds percentiles only (no raw attention); use scale=percentile")
+        if style.scale == "run":
+            if self.run_scale is None:
+                raise ConfigError("scale=run needs a run (--run RAW_DIR/EXP); use scale=raw for this slide alone")
+            return self.run_scale(style.lower, style.upper)
+        return fit_scale([self.raw], lower=style.lower, upper=style.upper, kind="quantile", source="slide")
+
+    def plan(self, style: TileStyle) -> tuple[HeatmapPlan, ScoreScale | None]:
+        """``plan_heatmap`` at level 0 for the style's scale (cached): 0-1 values and threshold."""
+        key = (style.scale, style.lower, style.upper, style.binarize, style.binary_thresh)
+        with self._lock:
+            if key in self._plans:
+                return self._plans[key]
+        scale = self.scale_for(style)
+        values = self.percentiles if scale is None else scale.apply(self.raw) * 100
+        plan = plan_heatmap(self.slide.slide, values, self.coords, patch_size_level0=self.patch, vis_level=0,
+                            style=style.heatmap_style(), convert_to_percentiles=False)
+        with self._lock:
+            self._plans[key] = (plan, scale)
+        return plan, scale
+
+    def render(self, level: int, box: tuple[int, int, int, int], style: TileStyle) -> np.ndarray:
+        """``(h, w, 3)`` uint8 RGB of DZ px ``box`` at DZ ``level``: ``render_on_canvas`` on the
+        canvas of downsample ``d`` (patch boxes ``ceil(coord / d)`` + ``ceil(patch / d)``) over the
+        box plus a blur halo (clipped to the level, so blur borders equal the full render's)."""
+        plan, _ = self.plan(style)
+        hs = style.heatmap_style()
+        dz = self.slide.dz
+        d = 2.0 ** (dz.level_count - 1 - level)
+        scale = np.array([1.0 / d, 1.0 / d])
+        psize = tuple(int(v) for v in to_level_px(self.patch, scale))
+        halo = 2 * (blur_ksize(psize, hs.overlap)[1] // 2) if hs.blur else 0
+        lw, lh = dz.level_dimensions[level]
+        x0, y0, x1, y1 = box
+        cx0, cy0, cx1, cy1 = max(0, x0 - halo), max(0, y0 - halo), min(lw, x1 + halo), min(lh, y1 + halo)
+        if hs.blank_canvas:
+            canvas = np.full((cy1 - cy0, cx1 - cx0, 3), 255, np.uint8)
+        else:
+            canvas = self.slide.region(level, (cx0, cy0, cx1, cy1))
+        sel = self.index.query(cx0 * d - d, cy0 * d - d, cx1 * d + d, cy1 * d + d)
+        cc = to_level_px(self.coords[sel], scale) - np.array([cx0, cy0])
+        out = render_on_canvas(canvas, plan.scores[sel], cc, patch_size=psize, threshold=plan.threshold,
+                               style=hs, inplace=True)
+        if len(sel) > TRIM_AFTER_PATCHES:      # an overview tile's temporaries: hand them back
+            release_heap()
+        return out[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+
+    def tile(self, level: int, col: int, row: int, style: TileStyle) -> bytes:
+        return _png(self.render(level, dz_tile_box(self.slide.dz, level, col, row), style))
+
+    # ------------------------------------------------------------------ numbers
+    def patch_record(self, i: np.ndarray) -> list[dict]:
+        """JSON-able rows for patch indices ``i``: level-0 ``x, y, w, h``, ``attention`` (the
+        file's ``attention_scores``), ``raw`` attention, ``percentile`` (0-100), ``class_logits`` (per-patch class logits)."""
+        rows = []
+        for j in np.asarray(i, dtype=np.int64).tolist():
+            r = {"index": j, "x": int(self.coords[j, 0]), "y": int(self.coords[j, 1]),
+                 "w": self.patch[0], "h": self.patch[1], "attention": float(self.scores[j]),
+                 "percentile": float(self.percentiles[j]),
+                 "raw": None if self.raw is None else float(self.raw[j])}
+            if self.class_logits is not None:
+                r["class_logits"] = [float(v) for v in self.class_logits[j]]
+            rows.append(r)
+        return rows
+
+    def value_at(self, x: float, y: float) -> list[dict]:
+        """The patches covering level-0 point ``(x, y)`` (see :meth:`patch_record`)."""
+        return self.patch_record(self.index.query(x, y, x + 1, y + 1))
+
+    def extremes(self, k: int) -> tuple[list[dict], list[dict]]:
+        """Top-k and bottom-k patches by percentile (ties: lower index first)."""
+        order = np.argsort(-self.percentiles, kind="stable")
+        k = max(0, min(int(k), len(order)))
+        bottom = np.argsort(self.percentiles, kind="stable")[:k]
+        return self.patch_record(order[:k]), self.patch_record(bottom)
