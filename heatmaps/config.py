@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.encoders import list_encoders  # torch-free: the registry's names, no model is built
 from wsi_core.errors import ConfigError
+from wsi_core.yaml_config import apply_dotted, closest, read_yaml_mapping, valid_keys
 
 __all__ = [
     "HeatmapConfig", "ExpArguments", "DataArguments", "PatchingArguments", "EncoderArguments",
@@ -222,19 +222,7 @@ VALUE_SYNONYMS: dict[str, str] = {
 
 def _valid_keys(loc: tuple) -> list[str]:
     """Valid keys at a location inside the config (for 'did you mean')."""
-    model: Any = HeatmapConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        model = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if model is None:
-            return []
-    return list(getattr(model, "model_fields", {}))
+    return valid_keys(HeatmapConfig, loc)
 
 
 def _synonym(key: str) -> str | None:
@@ -261,8 +249,8 @@ def _suggest_key(loc: tuple) -> str:
             owners = [s for s in _SECTIONS if alias in _valid_keys((s, alias))]
             if owners:
                 return f"did you mean '{owners[0]}.{alias}'? ({alias} belongs to {owners[0]})"
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    return f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+    near = closest(name, valid)
+    return f"did you mean '{prefix}{near}'?" if near else f"valid keys: {', '.join(valid)}"
 
 
 def _describe(err: dict, source: str) -> str:
@@ -276,7 +264,7 @@ def _describe(err: dict, source: str) -> str:
     if err["type"] == "literal_error" and isinstance(value, str):
         allowed = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
         guess = VALUE_SYNONYMS.get(value.lower())
-        guess = guess if guess in allowed else next(iter(difflib.get_close_matches(value, allowed, n=1, cutoff=0.6)), None)
+        guess = guess if guess in allowed else closest(value, allowed, cutoff=0.6)
         if guess is not None:
             return f"{source}: {dotted} = {value!r} is invalid: {err['msg']}; did you mean '{guess}'?"
     return f"{source}: {dotted} = {value!r} is invalid: {err['msg']}"
@@ -339,42 +327,17 @@ def load_config(path: str | Path) -> HeatmapConfig:
     Raises:
         ConfigError: the file is missing, is not valid YAML, or fails validation.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}; give a path relative to the working directory or a name in heatmaps/configs/")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_config(data or {}, source=str(path))
-
-
-def _coerce(text: str) -> Any:
-    """A command-line value as YAML would read it (numbers, booleans, null, lists)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    data = read_yaml_mapping(path, missing_hint="give a path relative to the working directory or a name in heatmaps/configs/")
+    return parse_config(data, source=str(path))
 
 
 def apply_overrides(cfg: HeatmapConfig, overrides: list[str], *, source: str = "--set") -> HeatmapConfig:
     """Apply ``section.key=value`` overrides and re-validate the whole config.
 
     Raises:
-        ConfigError: malformed override, unknown key (with the closest), or invalid value.
+        ConfigError: malformed override, unknown section or key (with the closest), or invalid value.
     """
-    data = config_to_dict(cfg)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or len(parts) != 2 or not all(parts):
-            raise ConfigError(f"{source} {item!r}: expected section.key=value, e.g. heatmap_arguments.alpha=0.5")
-        section, name = parts
-        if section not in data:
-            close = difflib.get_close_matches(section, list(data), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"sections: {', '.join(data)}"
-            raise ConfigError(f"{source} {item!r}: unknown section '{section}'; {hint}")
-        data[section][name] = _coerce(value)
+    data = apply_dotted(config_to_dict(cfg), overrides, source=source, example="heatmap_arguments.alpha=0.5")
     return parse_config(data, source=source)
 
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import difflib
 import os
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from wsi_core.errors import ConfigError
+from wsi_core.yaml_config import apply_dotted, closest, read_yaml_mapping, valid_keys
 
 from ..mil import list_mil_models
 
@@ -135,21 +134,15 @@ CLAM_FLAGS: dict[str, str] = {
 
 
 def _valid_keys(loc: tuple) -> list[str]:
-    model: Any = TrainConfig
-    for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        model = field.annotation
-    return list(getattr(model, "model_fields", {}))
+    return valid_keys(TrainConfig, loc)
 
 
 def _suggest(loc: tuple) -> str:
     prefix = ".".join(str(p) for p in loc[:-1]) + "." if len(loc) > 1 else ""
     name = str(loc[-1])
-    close = difflib.get_close_matches(name, _valid_keys(loc), n=1, cutoff=0.5)
-    if close:
-        return f"did you mean '{prefix}{close[0]}'?"
+    near = closest(name, _valid_keys(loc))
+    if near:
+        return f"did you mean '{prefix}{near}'?"
     owners = [f"{s}.{name}" for s in _SECTIONS if name in _valid_keys((s, name))]
     if len(loc) == 2 and owners:
         return f"did you mean '{owners[0]}'?"
@@ -183,21 +176,7 @@ def parse_train_config(data: dict, *, source: str = "<config>") -> TrainConfig:
 
 def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
     """Read and validate a ``train.yaml`` (ConfigError: missing file, bad YAML, bad keys)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_train_config(data or {}, source=str(path))
-
-
-def _coerce(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    return parse_train_config(read_yaml_mapping(path), source=str(path))
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any] | list[str], *, source: str = "--set") -> TrainConfig:
@@ -207,26 +186,7 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any] | list[str], *, 
     Raises:
         ConfigError: malformed item, unknown section or key (with the closest), invalid value.
     """
-    data = config_to_dict(cfg)
-    items = overrides.items() if isinstance(overrides, dict) else []
-    if isinstance(overrides, list):
-        parsed = []
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"{source} {item!r}: expected section.key=value, e.g. optim.lr=1e-4")
-            parsed.append((key.strip(), _coerce(value)))
-        items = parsed
-    for key, value in items:
-        parts = key.split(".")
-        if len(parts) != 2 or not all(parts):
-            raise ConfigError(f"{source} {key!r}: expected section.key, e.g. optim.lr")
-        section, name = parts
-        if section not in data:
-            close = difflib.get_close_matches(section, list(data), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"sections: {', '.join(data)}"
-            raise ConfigError(f"{source} {key!r}: unknown section '{section}'; {hint}")
-        data[section][name] = value
+    data = apply_dotted(config_to_dict(cfg), overrides, source=source, example="optim.lr=1e-4")
     return parse_train_config(data, source=source)
 
 
