@@ -22,6 +22,9 @@ Beside them (wsi-heatmaps)::
     {raw_save_dir}/{save_exp_code}/config.yaml                  the effective config
     {raw_save_dir}/{save_exp_code}/process_list_autogen.csv     the process list built from data_dir
     {raw dir}/{slide_id}_state.json                             per-slide state (status, numbers)
+    {raw dir}/{slide_id}.lock                                   the claim of the worker computing it
+    {raw_save_dir}/{save_exp_code}/runs/{run_id}.json           the config hash the workers of a run share
+    {results_dir}/{process_list stem}.csv.lock                  held while a worker writes the results table
     {production dir}/{slide_id}_attention.{ext}, {slide_id}_score_{class}.{ext}
                                       score maps; ``{stem}_colorbar.png`` and ``{stem}_scale.json`` beside each
     {results_dir}/{process_list stem}.csv                        the results table
