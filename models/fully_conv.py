@@ -195,6 +195,7 @@ def extract_features_fully_conv(
     margin: int = 64,
     device: str | torch.device = "cpu",
     precision: str | None = None,
+    channels_last: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
     """Approximate patch features from one trunk pass per region -> (N, D) float32.
@@ -206,7 +207,8 @@ def extract_features_fully_conv(
             its transform's ``Resize``/``Normalize`` give the scale and normalisation.
         tile_size: largest side of one region read, margins included (px at patch_level).
         margin: real context read around each region (px at patch_level).
-        device: 'cpu' or 'cuda[:i]'; precision: None/'fp32', 'bf16' or 'fp16' (autocast).
+        device: 'cpu' or 'cuda[:i]'; precision: None/'fp32', 'bf16' or 'fp16' (autocast);
+        channels_last: run the trunk channels-last (for bf16 on CPU).
 
     Returns:
         ``(N, encoder.dim)`` float32 in ``coords`` order (see the module docstring for how
@@ -222,5 +224,5 @@ def extract_features_fully_conv(
                           f"{', '.join(fully_conv_encoders())}); set fully_convolutional: false")
     source = RegionSource(slide_path, coords, encoder=encoder, patch_level=patch_level,
                           patch_size=patch_size, tile_size=tile_size, margin=margin)
-    return encode(source, encoder, device=device, precision=precision, num_workers=0,
-                  progress=progress)
+    return encode(source, encoder, device=device, precision=precision, channels_last=channels_last,
+                  num_workers=0, progress=progress)

@@ -26,7 +26,8 @@ Importing this package does not import torch; the builders do.
 """
 from __future__ import annotations
 
-from .precision import PRECISIONS, autocast_context, default_precision, normalise_precision
+from .precision import (PRECISIONS, autocast_context, default_precision, has_native_bf16, normalise_precision,
+                        resolve_precision)
 from .registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -52,5 +53,6 @@ __all__ = [
     "Encoder", "EncoderInfo", "TransformSpec", "register_encoder", "create_encoder", "encoder_info",
     "list_encoders", "encoder_for_dim", "encoders_by_dim", "dim_label", "fully_conv_encoders",
     "resolve_target_size", "build_transform", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD",
-    "PRECISIONS", "normalise_precision", "default_precision", "autocast_context",
+    "PRECISIONS", "normalise_precision", "default_precision", "resolve_precision", "has_native_bf16",
+    "autocast_context",
 ]
