@@ -66,7 +66,6 @@ def timed(fn):
 
 
 def part_a(args, enc, mil, gflop) -> None:
-    import torch
     from scipy.stats import spearmanr
 
     from hw_limits import limit_line
@@ -99,7 +98,6 @@ def part_a(args, enc, mil, gflop) -> None:
     for p, (n, t) in tot.items():
         print(f"  all slides {p}: {n / t:5.1f} patches/s end to end (read + transform + encoder); "
               f"encoder {limit_line(n / t, gflop, p)}")
-    del torch
 
 
 def part_b(args, enc, mil, gflop) -> None:
