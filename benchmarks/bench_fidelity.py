@@ -119,7 +119,7 @@ def part_b(args, enc, mil, gflop) -> None:
     cx, cy = np.median(grid0, axis=0).astype(int)
     roi = (int(cx - args.roi // 2), int(cy - args.roi // 2), int(cx + args.roi // 2), int(cy + args.roi // 2))
     extract_features_fully_conv(path, grid0[:4], tile_size=args.tile, margin=args.margin, **kw)  # warm-up
-    for ov in (0.5, 0.9, 0.95):
+    for ov in args.overlaps:
         step = dense_step(SIZE, ov)
         grid = tissue_grid(slide, step)
         fc, t_fc = timed(lambda: extract_features_fully_conv(path, grid, tile_size=args.tile, margin=args.margin, **kw))
@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=2048)
     ap.add_argument("--margin", type=int, default=64)
     ap.add_argument("--part", choices=["a", "b", "ab"], default="ab")
+    ap.add_argument("--overlaps", type=float, nargs="+", default=[0.5, 0.9, 0.95], help="overlaps of part (b)")
     args = ap.parse_args()
     if not Path(args.weights).is_file():
         raise SystemExit(f"{args.weights} not found; make it with "

@@ -85,20 +85,29 @@ def _integral_at(integral: Tensor, u: Tensor, v: Tensor) -> Tensor:
             + integral[v1, u0] * (1 - fu) * fv + integral[v1, u1] * fu * fv)
 
 
-def box_means(fmap: Tensor, boxes: Tensor) -> Tensor:
+def box_means(fmap: Tensor, boxes: Tensor, *, chunk: int = 2048) -> Tensor:
     """Area-weighted means of ``fmap`` ``(C, h, w)`` over ``boxes`` ``(k, 4)``
     ``(u0, v0, u1, v1)`` in cell units (fractional, ``u`` along the width) -> ``(k, C)``
-    float32. Computed in float64 from one integral image; boxes are clipped to the map."""
+    float32. Computed in float64 from one integral image; boxes are clipped to the map.
+
+    The windows are taken ``chunk`` at a time: each costs ``chunk x C`` float64 gathers (16 MiB
+    per 2048 windows of 1024 channels), so memory stays bounded by the region, not by its window
+    count (a 2048-px region at 95 % overlap holds ~19,000 windows: 2.5 GiB of gathers at once).
+    """
     c, h, w = fmap.shape
     integral = torch.zeros((h + 1, w + 1, c), dtype=torch.float64, device=fmap.device)
     integral[1:, 1:] = fmap.double().permute(1, 2, 0).cumsum(0).cumsum(1)
     b = boxes.to(device=fmap.device, dtype=torch.float64)
-    u0, v0 = b[:, 0].clamp(0, w), b[:, 1].clamp(0, h)
-    u1, v1 = b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)
-    total = (_integral_at(integral, u1, v1) - _integral_at(integral, u0, v1)
-             - _integral_at(integral, u1, v0) + _integral_at(integral, u0, v0))
-    area = ((u1 - u0) * (v1 - v0)).clamp_min(1e-12)[:, None]
-    return (total / area).float()
+    out = torch.empty((len(b), c), dtype=torch.float32, device=fmap.device)
+    for i in range(0, len(b), max(int(chunk), 1)):
+        bb = b[i:i + chunk]
+        u0, v0 = bb[:, 0].clamp(0, w), bb[:, 1].clamp(0, h)
+        u1, v1 = bb[:, 2].clamp(0, w), bb[:, 3].clamp(0, h)
+        total = (_integral_at(integral, u1, v1) - _integral_at(integral, u0, v1)
+                 - _integral_at(integral, u1, v0) + _integral_at(integral, u0, v0))
+        area = ((u1 - u0) * (v1 - v0)).clamp_min(1e-12)[:, None]
+        out[i:i + chunk] = total / area
+    return out
 
 
 def _transform_params(encoder: Encoder) -> tuple[int | None, tuple, tuple]:
