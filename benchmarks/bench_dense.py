@@ -63,15 +63,19 @@ def main() -> None:
     from wsi_core.regions import ReadStats, iter_patches_from_bands, plan_bands, planned_bytes
     from wsi_core.tissue import SegmentationParams, segment_tissue
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hw_limits import gflop_per_patch, limit_line, load_line
+
     tune_cpu_allocator()
     torch.set_num_threads(args.threads)
     size, level = 256, 0
     enc = create_encoder("resnet50_trunc", target_img_size=224, weights_path=args.weights)
+    gflop = gflop_per_patch(enc.model)
     slide = open_slide(args.slide)
     contours = segment_tissue(slide, SegmentationParams(a_t=1, a_h=1))
     print(f"{slide.slide_id} level {level} ({slide.dimensions[0]}x{slide.dimensions[1]}), "
           f"{size}-px patches, resnet50_trunc 224 px fp32, {args.threads} torch threads, "
-          f"{args.workers} workers, batch {args.batch}, load avg {os.getloadavg()[0]:.1f}")
+          f"{args.workers} workers, batch {args.batch}, {load_line()}")
 
     print("\nbytes decoded per pass over the tissue grid (band reads vs one read per patch):")
     grids = {}
@@ -122,7 +126,8 @@ def main() -> None:
         figures = "  ".join(f"{k} {n / v:5.1f} ({100 * med['alone'] / v:3.0f} %)" for k, v in med.items()
                             if k != "alone")
         print(f"  overlap {ov:4.2f}: {n:4d} patches  encoder alone {n / med['alone']:5.1f}  {figures}  "
-              f"max|dense - alone| {np.abs(dense - alone.numpy()).max():.1e}")
+              f"max|dense - alone| {np.abs(dense - alone.numpy()).max():.1e}\n"
+              f"    encoder alone {limit_line(n / med['alone'], gflop, 'fp32')}")
         if ov == 0.9:
             exact09, coords09, t_exact09 = dense, coords, med["dense in-process"]
 

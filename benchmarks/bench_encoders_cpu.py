@@ -27,6 +27,9 @@ from models.encoders.nets import ClsMeanTokens, ResNet50Trunc  # noqa: E402
 from models.encoders.vit import VIT_ARCHS, build_ctranspath, build_vit  # noqa: E402
 
 
+sys.path.insert(0, str(Path(__file__).parent))
+from hw_limits import gflop_per_patch, limit_line  # noqa: E402
+
 def random_model(name: str) -> torch.nn.Module:
     """Architecture of ``name`` with random weights, eval mode, on the CPU."""
     if name in VIT_ARCHS:
@@ -50,6 +53,7 @@ def run(name: str, *, batch: int, batches: int) -> list[dict]:
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     x = x.contiguous(memory_format=fmt)
     rows, ref = [], None
+    gflop = gflop_per_patch(model, size)
     for precision in ("fp32", "bf16"):
         with torch.inference_mode(), autocast_context("cpu", precision):
             model(x)  # warm-up
@@ -61,7 +65,9 @@ def run(name: str, *, batch: int, batches: int) -> list[dict]:
         cos = torch.nn.functional.cosine_similarity(feats, ref).min().item()
         rows.append({"encoder": name, "precision": precision, "batch": batch,
                      "patches_per_s": round(batch * batches / dt, 2), "min_cosine_vs_fp32": round(cos, 5),
-                     "threads": torch.get_num_threads(), "loadavg_1min": os.getloadavg()[0]})
+                     "threads": torch.get_num_threads(), "loadavg_1min": os.getloadavg()[0],
+                     "gflop_per_patch": round(gflop, 2),
+                     "limit": limit_line(batch * batches / dt, gflop, precision)})
     return rows
 
 

@@ -100,7 +100,9 @@ def add_model_arguments(g: argparse._ActionsContainer) -> None:
                    help="encoder: auto (from the checkpoint's input width) or a registered encoder name "
                         "(an unknown name fails listing them)")
     g.add_argument("--encoder_weights", help="local encoder weights (else $<NAME>_CKPT_PATH, else the hub)")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="encoder precision (default fp32 on CPU, bf16 on CUDA)")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="encoder precision (default auto: bf16 on CUDA and on CPUs with native bf16, else fp32; "
+                        "fp32 for CLAM's exact features)")
     g.add_argument("--fully_convolutional", "--no-pool", dest="fully_convolutional", action="store_true",
                    help="CNN encoders: one pass over large regions, features pooled per patch window "
                         "(fast, approximate; encoder_arguments.fully_convolutional)")

@@ -84,7 +84,9 @@ class EncoderArguments(_Section):
                             json_schema_extra=_registry_enum(lambda: [*list_encoders(), "auto"]))
     target_img_size: int | None = Field(None, description="patches are resized to this size before the encoder; null = the encoder's published input size (224 for resnet50_trunc, as CLAM)")
     weights_path: str | None = Field(None, description="(wsi-heatmaps) local encoder weights (.pth/.safetensors); else $<NAME>_CKPT_PATH, else the timm hub")
-    precision: Literal["fp32", "bf16", "fp16"] | None = Field(None, description="(wsi-heatmaps) encoder precision; null = fp32 on CPU, bf16 on CUDA")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = Field(
+        "auto", description="(wsi-heatmaps) encoder precision; auto (or null) = bf16 on CUDA and on CPUs with native bf16 "
+                            "(avx512_bf16 / amx_bf16), else fp32; fp32 reproduces CLAM's features exactly")
     fully_convolutional: bool = Field(False, description="(wsi-heatmaps) CNN encoders: run once over large regions and pool each patch window (fast, approximate)")
     features_check: Literal["strict", "warn", "off"] = Field(
         "strict", description="(wsi-heatmaps) before a fine pass mixes provided features with new ones, re-encode 16 provided patches and compare: strict skips the fine heatmap when the encoder does not reproduce them, warn only warns, off skips the check")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models import Encoder, MILModel, create_encoder, default_precision, encoder_for_dim
+from models import Encoder, MILModel, create_encoder, encoder_for_dim, resolve_precision
 from models.checkpoints import check_feature_dim
 from models.extract import extract_features_dense
 from models.fully_conv import extract_features_fully_conv
@@ -120,8 +120,15 @@ class RunContext:
 
     @property
     def precision(self) -> str:
-        """The encoder's precision: the config's, else fp32 on CPU and bf16 on CUDA."""
-        return self.cfg.encoder_arguments.precision or default_precision(self.device)
+        """The encoder's precision ('fp32' | 'bf16' | 'fp16'): the config's, or for 'auto' bf16
+        on CUDA and on CPUs with native bf16, fp32 on other CPUs (``models.resolve_precision``)."""
+        return resolve_precision(self.cfg.encoder_arguments.precision, self.device)
+
+    @property
+    def channels_last(self) -> bool:
+        """Run a CNN encoder channels-last: with bf16 on CPU (oneDNN's bf16 convolutions want it);
+        fp32 stays in the contiguous format CLAM uses."""
+        return self.device == "cpu" and self.precision == "bf16" and self.encoder().is_cnn
 
     def weights_id(self) -> str:
         """sha256 of the local encoder weights, else where they came from (the hub id)."""
@@ -186,7 +193,7 @@ class RunContext:
         return self.cache.key(slide.path, encoder_name=enc.name, weights_sha256=weights,
                               patch_params={"patch_level": p.patch_level, "patch_size": p.patch_size,
                                             "custom_downsample": p.custom_downsample, "target_img_size": int(enc.input_size),
-                                            "precision": e.precision or "fp32", "coords_sha256": array_sha256(coords)})
+                                            "precision": self.precision, "coords_sha256": array_sha256(coords)})
 
 
 def encode(ctx: RunContext, slide: Slide, coords: np.ndarray, *, use_cache: bool = True) -> np.ndarray:
@@ -211,7 +218,7 @@ def encode(ctx: RunContext, slide: Slide, coords: np.ndarray, *, use_cache: bool
         if hit is not None:
             return hit[0]
     kw = dict(patch_level=p.patch_level, patch_size=p.patch_size * p.custom_downsample, encoder=ctx.encoder(),
-              device=ctx.device, progress=ctx.progress, precision=ctx.precision)
+              device=ctx.device, progress=ctx.progress, precision=ctx.precision, channels_last=ctx.channels_last)
     if ctx.cfg.encoder_arguments.fully_convolutional:
         feats = extract_features_fully_conv(slide.path, coords, **kw)
     else:   # each band of the grid is read once and the (overlapping) windows cut from memory

@@ -210,7 +210,7 @@ def finish_highres(cfg: HeatmapConfig, task: SlideTask, output: str) -> Path:
     write_coords_h5(coords_h5_path(out), fine.coords, fine.scores, patch_size=p.patch_size, step=cfg.step_size,
                     patch_level=p.patch_level, encoder=cfg.encoder_arguments.model_name,
                     score_kind="percentile" if cfg.heatmap_arguments.use_ref_scores else "raw",
-                    precision=str(cfg.encoder_arguments.precision or "auto"))
+                    precision=str(fine.attrs.get("precision", cfg.encoder_arguments.precision or "auto")))
     return out
 
 

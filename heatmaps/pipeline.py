@@ -40,7 +40,12 @@ from .tissue import grid, segmentation_properties, slide_tissue
 from .writers import SlideArtifacts, run_writers
 from .writers.scoremaps import draw_score_maps
 
-__all__ = ["RunContext", "SlideResult", "run_slide", "draw_run_score_maps", "outputs_complete"]
+__all__ = ["RunContext", "SlideResult", "run_slide", "draw_run_score_maps", "outputs_complete", "fine_pass_chunks"]
+
+#: most bytes of float32 features one fine-pass chunk holds (about 64k patches of 1024-d features):
+#: an instance-independent model's fine pass keeps only the scores of earlier chunks, so its memory
+#: is bounded by one chunk, not by the patch count (95 % overlap has 400x a plain grid's patches)
+FINE_CHUNK_BYTES = 256 * 2**20
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +149,44 @@ def fine_pass_identity(ctx: RunContext, bag: Bag, task: SlideTask, contours_sour
     return json.dumps(ident, sort_keys=True)
 
 
+def fine_pass_chunks(coords: np.ndarray, *, dim: int, instance_independent: bool) -> list[np.ndarray]:
+    """Row indices of ``coords`` (M, 2) level-0 px, in the chunks the fine pass encodes and scores
+    one after the other: one chunk when the model scores whole bags only (``instance_independent``
+    False) or all features fit :data:`FINE_CHUNK_BYTES` (``dim``-wide float32), else runs of whole
+    grid rows (sorted by y, then x), each at most that many bytes of features, so a chunk's bands
+    are read once."""
+    m = len(coords)
+    per = max(1, FINE_CHUNK_BYTES // (4 * max(int(dim), 1)))
+    if not instance_independent or m <= per:
+        return [np.arange(m, dtype=np.int64)]
+    order = np.lexsort((coords[:, 0], coords[:, 1]))
+    return [order[i:i + per] for i in range(0, m, per)]
+
+
+def _fine_scores(ctx: RunContext, art: SlideArtifacts, bag: Bag, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw attention (M,) float32 of the predicted class's heatmap row and per-class instance
+    scores (M, C) float32 of the fine-pass patches, chunk by chunk (:func:`fine_pass_chunks`).
+
+    Raises:
+        FeaturesMismatch: as :func:`heatmaps.bags.fine_pass_features`.
+    """
+    bs = ctx.cfg.exp_arguments.batch_size_infer
+    raw: np.ndarray | None = None
+    class_scores: np.ndarray | None = None
+    for idx in fine_pass_chunks(coords, dim=int(ctx.model.in_dim),
+                                instance_independent=bool(ctx.model.instance_independent)):
+        feats = fine_pass_features(ctx, art.slide, coords[idx], bag)
+        att = attention_for_class(ctx.model, feats, cls=art.pred, device=ctx.device, batch_size=bs)
+        cs = instance_scores_for(ctx.model, feats, device=ctx.device, batch_size=bs)
+        del feats
+        if raw is None or class_scores is None:
+            raw = np.empty(len(coords), np.float32)
+            class_scores = np.empty((len(coords), *cs.shape[1:]), np.float32)
+        raw[idx], class_scores[idx] = att, cs
+    assert raw is not None and class_scores is not None  # coords is never empty here
+    return raw, class_scores
+
+
 def _fine_pass(ctx: RunContext, art: SlideArtifacts, bag: Bag) -> Path:
     """The fine-pass H5: computed (``calc_heatmap``), reused when one of the same identity exists,
     or found (``calc_heatmap: false``).
@@ -174,13 +217,10 @@ def _fine_pass(ctx: RunContext, art: SlideArtifacts, bag: Bag) -> Path:
         raise NoTissueError(f"slide {task.slide_id}: no fine-pass patch inside the tissue{' and the ROI ' + str(task.roi) if task.roi else ''}; check the ROI (level-0 x1,y1,x2,y2) or the segmentation")
     n0 = ctx.n_encoded
     try:
-        feats = fine_pass_features(ctx, art.slide, coords, bag)
+        raw, class_scores = _fine_scores(ctx, art, bag, coords)
     except FeaturesMismatch as exc:
         raise _FineSkipped(f"fine pass skipped: {exc}") from None
-    bs = cfg.exp_arguments.batch_size_infer
-    raw = attention_for_class(ctx.model, feats, cls=art.pred, device=ctx.device, batch_size=bs)
     fine = reference_percentiles(raw, art.block_scores) if h.use_ref_scores else raw
-    class_scores = instance_scores_for(ctx.model, feats, device=ctx.device, batch_size=bs)
     made_by = ctx.encoder_attrs() if (ctx.n_encoded > n0 or bag.origin != "provided") else \
         {"features_source": str(bag.features.source)}
     write_scores(fine_path, fine, coords, attrs={**made_by, "step_size": cfg.step_size,

@@ -25,7 +25,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["closest_model_type", "load_mil_checkpoint", "check_feature_dim"], "checkpoints"),
     **dict.fromkeys(["Encoder", "EncoderInfo", "register_encoder", "create_encoder", "encoder_info",
                      "list_encoders", "encoder_for_dim", "dim_label", "fully_conv_encoders",
-                     "default_precision", "normalise_precision", "autocast_context", "PRECISIONS"],
+                     "default_precision", "normalise_precision", "resolve_precision", "has_native_bf16",
+                     "autocast_context", "PRECISIONS"],
                     "encoders"),
     **dict.fromkeys(["encode", "encode_image_patches"], "encode"),
     **dict.fromkeys(["extract_features", "extract_features_dense", "reuse_map"], "extract"),
@@ -40,7 +41,8 @@ if TYPE_CHECKING:  # what static analysis sees; at run time __getattr__ imports 
     from .encode import encode, encode_image_patches
     from .encoders import (PRECISIONS, Encoder, EncoderInfo, autocast_context, create_encoder,
                            default_precision, dim_label, encoder_for_dim, encoder_info,
-                           fully_conv_encoders, list_encoders, normalise_precision, register_encoder)
+                           fully_conv_encoders, has_native_bf16, list_encoders, normalise_precision,
+                           register_encoder, resolve_precision)
     from .extract import extract_features, extract_features_dense, reuse_map
     from .fully_conv import extract_features_fully_conv, supports_fully_conv
     from .mil import (MIL_MODELS, BagPrediction, MILModel, attention_for_class, create_mil_model,

@@ -26,7 +26,8 @@ Importing this package does not import torch; the builders do.
 """
 from __future__ import annotations
 
-from .precision import PRECISIONS, autocast_context, default_precision, normalise_precision
+from .precision import (PRECISIONS, autocast_context, default_precision, has_native_bf16, normalise_precision,
+                        resolve_precision)
 from .registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -51,6 +52,8 @@ from . import resnet50_trunc, vit  # noqa: E402,F401  isort: skip
 __all__ = [
     "Encoder", "EncoderInfo", "TransformSpec", "register_encoder", "create_encoder", "encoder_info",
     "list_encoders", "encoder_for_dim", "encoders_by_dim", "dim_label", "fully_conv_encoders",
-    "resolve_target_size", "build_transform", "eval_transform", "DeviceTransform", "device_transform", "IMAGENET_MEAN", "IMAGENET_STD",
-    "PRECISIONS", "normalise_precision", "default_precision", "autocast_context",
+    "resolve_target_size", "build_transform", "eval_transform", "DeviceTransform", "device_transform",
+    "IMAGENET_MEAN", "IMAGENET_STD",
+    "PRECISIONS", "normalise_precision", "default_precision", "resolve_precision", "has_native_bf16",
+    "autocast_context",
 ]

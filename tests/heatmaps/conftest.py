@@ -12,7 +12,8 @@ from heatmaps.config import parse_config
 def reference_config(clam_reference_dir: Path, run: str, out_dir: Path, **overrides) -> "HeatmapConfig":  # noqa: F821
     """CLAM's own reference config ``run`` (real_sb / real_mb_roi) with only its paths changed:
     slides from ../shared/slides, checkpoint and seeded encoder weights from ../shared, outputs in
-    ``out_dir``. Every other value is CLAM's."""
+    ``out_dir``, and the encoder pinned to fp32 (CLAM's precision; our default 'auto' picks bf16 on
+    CPUs with native bf16). Every other value is CLAM's."""
     data = yaml.safe_load((clam_reference_dir / run / "configs" / f"{run}.yaml").read_text())
     slides = clam_reference_dir.parent / "slides"
     data["exp_arguments"].update(raw_save_dir=str(out_dir / "heatmap_raw_results"),
@@ -24,6 +25,7 @@ def reference_config(clam_reference_dir: Path, run: str, out_dir: Path, **overri
     ckpt = "ckpt_clam_sb_seed0.pt" if run == "real_sb" else "ckpt_clam_mb_seed0.pt"
     data["model_arguments"]["ckpt_path"] = str(clam_reference_dir / "checkpoints" / ckpt)
     data["encoder_arguments"]["weights_path"] = str(clam_reference_dir / "checkpoints" / "resnet50_trunc_seed0.safetensors")
+    data["encoder_arguments"]["precision"] = "fp32"
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     return parse_config(data, source=f"{run}.yaml")
@@ -39,7 +41,7 @@ def make_reference_config(clam_reference_dir):
 def fast_config(shared: Path, out_dir: Path, rows: list[dict], **overrides) -> "HeatmapConfig":  # noqa: F821
     """A quick real-slide config: the seeded CLAM-SB checkpoint and seeded resnet50_trunc weights
     of ../shared/clam_reference, patches resized to 32 px (a 49x cheaper encoder pass), overlap 0
-    (every fine patch reuses a first-pass feature). ``rows`` become the process list; slide ids are
+    (every fine patch reuses a first-pass feature), fp32 (the same features on every CPU). ``rows`` become the process list; slide ids are
     looked up in ../shared/slides and its sub-folders (symlinked into ``out_dir/slides``)."""
     import pandas as pd
 
@@ -60,7 +62,7 @@ def fast_config(shared: Path, out_dir: Path, rows: list[dict], **overrides) -> "
         "data_arguments": {"data_dir": str(slides), "process_list": str(pl), "preset": "presets/bwh_biopsy.csv",
                            "slide_ext": ".svs", "label_dict": {"class_a": 0, "class_b": 1}},
         "patching_arguments": {"patch_size": 256, "overlap": 0.0, "patch_level": 0},
-        "encoder_arguments": {"model_name": "resnet50_trunc", "target_img_size": 32,
+        "encoder_arguments": {"model_name": "resnet50_trunc", "target_img_size": 32, "precision": "fp32",
                               "weights_path": str(ref / "resnet50_trunc_seed0.safetensors")},
         "model_arguments": {"ckpt_path": str(ref / "ckpt_clam_sb_seed0.pt"), "model_type": "clam_sb"},
         "heatmap_arguments": {"vis_level": -1, "save_orig": False, "cmap": "jet"},

@@ -40,6 +40,7 @@ def demo_run(tmp_path_factory, shared_dir):
                                   preset="presets/bwh_biopsy.csv", slide_ext=".tiff")
     data["model_arguments"]["ckpt_path"] = str(shared_dir / "mil/clam_demo/s_0_checkpoint.pt")
     data["heatmap_arguments"]["calc_heatmap"] = False
+    data.setdefault("encoder_arguments", {})["precision"] = "fp32"   # CLAM's precision (parity)
     cfg = parse_config(data, source="clam_demo_parisa/config.yaml")
     for sid, label in SLIDES.items():
         raw = out / "raw" / "HEATMAP_OUTPUT" / label / sid

@@ -25,7 +25,8 @@ SLIDES = {"C3L-01663-21": "LSCC", "C3L-03262-22": "LUAD"}
 
 def cptac_config(shared, out, *, preset=None, **sections):
     """CLAM's demo config on the reconstructed CPTAC slides with the users' own features; CLAM's
-    default segmentation unless ``preset``; small outputs (vis_level 2, no orig)."""
+    default segmentation unless ``preset``; small outputs (vis_level 2, no orig); the encoder in
+    fp32 (CLAM's precision, so the features check compares like with like)."""
     parisa = shared / "mil" / "clam_demo_parisa"
     data = yaml.safe_load((parisa / "config.yaml").read_text())
     pl = out / "demo.csv"
@@ -36,6 +37,7 @@ def cptac_config(shared, out, *, preset=None, **sections):
     data["data_arguments"].update(data_dir=str(shared / "slides/reconstructed/real_geometry"), process_list=str(pl),
                                   preset=preset, slide_ext=".tiff")
     data["model_arguments"]["ckpt_path"] = str(shared / "mil/clam_demo/s_0_checkpoint.pt")
+    data.setdefault("encoder_arguments", {})["precision"] = "fp32"
     data["heatmap_arguments"].update(vis_level=2, save_orig=False, calc_heatmap=True)
     data["sample_arguments"]["samples"][0]["k"] = 2
     for section, values in sections.items():

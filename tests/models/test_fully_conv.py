@@ -33,6 +33,8 @@ def test_box_means_equal_brute_force() -> None:
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w, rtol=0, atol=1e-5)
     assert got.shape == (5, 5) and got.dtype == torch.float32
+    # windows taken 2 at a time (bounded memory) give the same means
+    torch.testing.assert_close(box_means(fmap, boxes, chunk=2), got, rtol=0, atol=0)
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +93,27 @@ def test_unsupported_encoder_and_empty(tmp_path: Path) -> None:
     out = extract_features_fully_conv(tmp_path / "missing.svs", np.zeros((0, 2)), patch_level=0,
                                       patch_size=64, encoder=fake)
     assert out.shape == (0, 3) and out.dtype == np.float32
+
+
+@pytest.mark.shared
+def test_fully_conv_differs_from_exact_only_by_context(slides_dir: Path, clam_reference_dir: Path) -> None:
+    """Where the region is the patch itself (isolated windows, margin 0) the fully-convolutional
+    features are the exact ones: reading, resizing, normalising and pooling add nothing. With
+    real context around the windows (margin 64) they differ: the exact pass zero-pads each patch
+    border, which every layer3 cell sees (receptive field > the patch). That padding, not region
+    borders or window alignment, is the fully-convolutional mode's approximation (measured on
+    ImageNet weights in benchmarks/bench_fidelity.py)."""
+    enc = create_encoder("resnet50_trunc", target_img_size=112,
+                         weights_path=clam_reference_dir / "checkpoints" / "resnet50_trunc_seed0.safetensors")
+    for name, mod in enc.model.named_modules():   # switch the residual branches on (timm zero-inits
+        if name.endswith("bn3"):                  # bn3), so the trunk has spatial context
+            mod.weight.data.fill_(1.0)
+    slide = slides_dir / "CMU-1-Small-Region.svs"
+    coords = np.array([[900, 1300], [1300, 1300], [900, 1700]], np.int64)   # 400 px apart: one region each
+    kw = dict(patch_level=0, patch_size=128, encoder=enc)
+    exact = extract_features(slide, coords, num_workers=0, progress=False, **kw)
+    alone = extract_features_fully_conv(slide, coords, tile_size=128, margin=0, **kw)
+    np.testing.assert_allclose(alone, exact, rtol=0, atol=1e-4 * np.abs(exact).max())
+    context = extract_features_fully_conv(slide, coords, tile_size=256, margin=64, **kw)
+    cos = (exact * context).sum(1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(context, axis=1)
+    assert cos.max() < 0.9999 and cos.min() > 0.9, cos
