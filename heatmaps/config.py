@@ -87,7 +87,7 @@ class EncoderArguments(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] | None = Field(
         "auto", description="(wsi-heatmaps) encoder precision; auto (or null) = bf16 on CUDA and on CPUs with native bf16 "
                             "(avx512_bf16 / amx_bf16), else fp32; fp32 reproduces CLAM's features exactly")
-    fully_convolutional: bool = Field(False, description="(wsi-heatmaps) CNN encoders: run once over large regions and pool each patch window (fast, approximate)")
+    fully_convolutional: bool = Field(False, description="(wsi-heatmaps) CNN encoders: run once over large regions and pool each patch window (fast, approximate: attention Spearman 0.69-0.77 against the exact pass with real ResNet-50 weights, see README)")
     features_check: Literal["strict", "warn", "off"] = Field(
         "strict", description="(wsi-heatmaps) before a fine pass mixes provided features with new ones, re-encode 16 provided patches and compare: strict skips the fine heatmap when the encoder does not reproduce them, warn only warns, off skips the check")
 
