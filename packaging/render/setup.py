@@ -11,8 +11,11 @@ distributions do).
 """
 from __future__ import annotations
 
+import atexit
 import configparser
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -35,6 +38,11 @@ def _name(req: str) -> str:
     return req.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].split("!")[0].split("~")[0].strip()
 
 
+#: a fresh build folder each time, removed at exit: an in-tree build/ would keep modules deleted from
+#: the sources and put them into the next wheel
+BUILD_BASE = tempfile.mkdtemp(prefix="wsi-heatmaps-render-build-")
+atexit.register(shutil.rmtree, BUILD_BASE, True)
+
 requires = [r for r in _lines(opts["install_requires"]) if _name(r).lower() not in FULL_ONLY]
 root = os.path.relpath(ROOT, HERE)
 packages = find_packages(where=str(ROOT), include=_lines(cfg["options.packages.find"]["include"]))
@@ -54,5 +62,5 @@ setup(
     include_package_data=False,
     install_requires=requires,
     entry_points={"console_scripts": scripts},
-    options={"egg_info": {"egg_base": str(HERE)}},   # never an egg-info in the root (it would shadow the full one)
+    options={"egg_info": {"egg_base": str(HERE)}, "build": {"build_base": BUILD_BASE}},   # never an egg-info in the root (it would shadow the full one)
 )
