@@ -137,6 +137,7 @@ class HeatmapArguments(_Section):
     tiff_background: Literal["empty", "slide"] = Field("empty", description="(wsi-heatmaps) save_ext tiff: 'empty' stores the tiles without heatmap colour as zero-byte tiles (transparent in OpenSlide >= 4; the slide is not read there, so large maps are written faster); 'slide' keeps the slide's pixels in every tile")
     save_geojson: bool = Field(False, description="(wsi-heatmaps) also write the fine-pass patches as QuPath tiles with their measurements ({slide_id}_tiles.geojson) and the tissue as QuPath annotations")
     geojson_gzip: bool = Field(False, description="(wsi-heatmaps) gzip the QuPath GeoJSON files (.geojson.gz, which QuPath reads)")
+    geojson_threshold: float | None = Field(None, ge=0, le=100, description="(wsi-heatmaps) with save_geojson: attention percentile (0-100) at or above which a QuPath tile is classified 'High attention', below it 'Low attention'; null: tiles unclassified")
     save_dsa: bool = Field(False, description="(wsi-heatmaps) also write the fine-pass attention percentiles as a Digital Slide Archive / HistomicsUI heatmap annotation ({slide_id}_dsa_annotation.json, large_image's annotation JSON, level-0 px)")
     score_maps: bool = Field(False, description="(wsi-heatmaps) also draw the attention map and per-class evidence maps with colour bars (Marugoto-style)")
     true_class: Union[str, int, None] = Field(None, description="(wsi-heatmaps) class whose evidence map is drawn (a label_dict name); null = the predicted class")

@@ -1,5 +1,5 @@
 """The QuPath writer (``heatmap_arguments.save_geojson``): the fine-pass patches as QuPath tiles
-with their measurements, and the tissue as annotations, beside the heatmap (:mod:`wsi_core.qupath`)."""
+with their measurements (and a class from ``geojson_threshold``), and the tissue as annotations, beside the heatmap (:mod:`wsi_core.qupath`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,9 +31,24 @@ def tile_measurements(a: SlideArtifacts) -> dict[str, np.ndarray]:
     return out
 
 
+#: QuPath classes of the tiles at / below ``heatmap_arguments.geojson_threshold``
+HIGH_ATTENTION, LOW_ATTENTION = "High attention", "Low attention"
+
+
+def tile_classes(percentiles: np.ndarray, threshold: float | None) -> list[str] | None:
+    """Each tile's QuPath class: :data:`HIGH_ATTENTION` where its attention percentile (0-100) is
+    ``>= threshold``, else :data:`LOW_ATTENTION`; None (tiles unclassified) without a threshold."""
+    if threshold is None:
+        return None
+    return np.where(np.asarray(percentiles) >= threshold, HIGH_ATTENTION, LOW_ATTENTION).tolist()
+
+
 def _write(a: SlideArtifacts) -> list[Path]:
-    gz = a.cfg.heatmap_arguments.geojson_gzip
-    tiles = write_qupath_tiles(a.out.qupath_tiles(gzipped=gz), a.fine_coords, a.patch_size_level0, tile_measurements(a))
+    h = a.cfg.heatmap_arguments
+    gz = h.geojson_gzip
+    measurements = tile_measurements(a)
+    tiles = write_qupath_tiles(a.out.qupath_tiles(gzipped=gz), a.fine_coords, a.patch_size_level0, measurements,
+                               classification=tile_classes(measurements["attention_percentile"], h.geojson_threshold))
     written = [tiles]
     if a.contours is not None:
         written.append(write_qupath_annotations(a.out.qupath_tissue(gzipped=gz), a.contours))

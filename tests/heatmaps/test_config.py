@@ -127,3 +127,9 @@ def test_synonyms_in_overrides_other_sections_and_enum_values():
             parse_config({**MINIMAL, "sample_arguments": {"samples": [{"name": "low", "mode": mode}]}}, source="c.yaml")
         assert str(err.value) == (f"c.yaml: sample_arguments.samples.0.mode = '{mode}' is invalid: Input should be "
                                   "'topk', 'reverse_topk' or 'range_sample'; did you mean 'reverse_topk'?")
+
+
+def test_geojson_threshold_is_a_percentile():
+    assert parse_config({**MINIMAL, "heatmap_arguments": {"geojson_threshold": 90}}).heatmap_arguments.geojson_threshold == 90
+    with pytest.raises(ConfigError, match=r"c.yaml: heatmap_arguments.geojson_threshold = 150 is invalid"):
+        parse_config({**MINIMAL, "heatmap_arguments": {"geojson_threshold": 150}}, source="c.yaml")

@@ -25,11 +25,12 @@ def test_registry_stages_and_enabling(make_fast_config, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gz", [False, True])
-def test_qupath_geojson_of_a_real_run(make_fast_config, tmp_path, gz):
+@pytest.mark.parametrize(("gz", "threshold"), [(False, None), (True, 90.0)])
+def test_qupath_geojson_of_a_real_run(make_fast_config, tmp_path, gz, threshold):
     cfg = make_fast_config(tmp_path, [{"slide_id": "CMU-1-Small-Region", "label": "class_a"}],
                            patching_arguments={"overlap": 0.5},
-                           heatmap_arguments={"vis_level": -1, "save_orig": False, "save_geojson": True, "geojson_gzip": gz})
+                           heatmap_arguments={"vis_level": -1, "save_orig": False, "save_geojson": True, "geojson_gzip": gz,
+                                              "geojson_threshold": threshold})
     assert not run_config(cfg, progress=False).failed
     out = slide_outputs(cfg, "CMU-1-Small-Region", "class_a")
     raw = out.qupath_tiles(gzipped=gz).read_bytes()
@@ -43,6 +44,12 @@ def test_qupath_geojson_of_a_real_run(make_fast_config, tmp_path, gz):
     assert set(m) == {"attention_percentile", "attention_raw", "p_class_a", "p_class_b"}
     assert m["attention_percentile"] == pytest.approx(float(pct[0]))
     assert m["p_class_a"] + m["p_class_b"] == pytest.approx(1.0, abs=1e-5)
+    classes = [f["properties"].get("classification", {}).get("name") for f in doc["features"]]
+    if threshold is None:
+        assert set(classes) == {None}
+    else:                                                        # the tiles at or above the 90th percentile
+        assert classes == ["High attention" if p >= threshold else "Low attention" for p in pct]
+        assert 0 < classes.count("High attention") < len(classes)
     tissue = out.qupath_tissue(gzipped=gz).read_bytes()
     ann = json.loads(gzip.decompress(tissue) if gz else tissue)
     assert ann["features"] and all(f["properties"]["objectType"] == "annotation" for f in ann["features"])
