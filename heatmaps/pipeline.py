@@ -152,9 +152,10 @@ def fine_pass_identity(ctx: RunContext, bag: Bag, task: SlideTask, contours_sour
 def fine_pass_chunks(coords: np.ndarray, *, dim: int, instance_independent: bool) -> list[np.ndarray]:
     """Row indices of ``coords`` (M, 2) level-0 px, in the chunks the fine pass encodes and scores
     one after the other: one chunk when the model scores whole bags only (``instance_independent``
-    False) or all features fit :data:`FINE_CHUNK_BYTES` (``dim``-wide float32), else runs of whole
-    grid rows (sorted by y, then x), each at most that many bytes of features, so a chunk's bands
-    are read once."""
+    False) or all features fit :data:`FINE_CHUNK_BYTES` (``dim``-wide float32), else consecutive
+    runs in row order (sorted by y, then x), each at most that many bytes of features, so a chunk
+    covers a horizontal strip of the slide (a grid row at a chunk boundary is split between two
+    chunks, whose band reads then overlap by that row)."""
     m = len(coords)
     per = max(1, FINE_CHUNK_BYTES // (4 * max(int(dim), 1)))
     if not instance_independent or m <= per:
