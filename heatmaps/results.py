@@ -90,6 +90,7 @@ class ResultsBook:
         self.identity = identity or RunIdentity()
         self.assemble_each = assemble_each
         self._states: list[SlideState | None] | None = None
+        self._filled = False      # every row of the table holds its state (then one slide refills one row)
 
     def _new_state(self, i: int, slide_id: str, outcome: SlideResult | Exception) -> SlideState:
         ident = self.identity
@@ -131,6 +132,8 @@ class ResultsBook:
                 log.error("%s: %s", slide_id, exc)
         if self._states is not None and state is not None:
             self._states[i] = state
+            if self._filled:
+                self._fill(i, state)
         elif self._states is None and state is not None:   # no state files: the table is the book
             self._fill(i, state)
         if self.assemble_each:
@@ -154,9 +157,11 @@ class ResultsBook:
                 disk = [read_state(p) for p in self.state_paths]
                 self._states = [d if m is None or (d is not None and d.finished >= m.finished) else m
                                 for d, m in zip(disk, mine)]
-            for i, state in enumerate(self._states):
-                if state is not None:
-                    self._fill(i, state)
+            if reread or not self._filled:    # else only the row recorded since has changed (filled there)
+                for i, state in enumerate(self._states):
+                    if state is not None:
+                        self._fill(i, state)
+                self._filled = True
             return write_csv(self.table, csv)
 
     def assemble(self) -> Path:
