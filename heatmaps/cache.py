@@ -33,7 +33,7 @@ import numpy as np
 
 from wsi_core.errors import ConfigError, SlideOpenError
 from wsi_core.formats import COORDS, FEATURES
-from wsi_core.io import write_h5
+from wsi_core.io import read_rows, write_h5
 
 __all__ = [
     "FeatureCache", "slide_identity", "weights_sha256", "array_sha256", "FEATURES_FORMAT",
@@ -295,7 +295,7 @@ def _read_entry(path: Path, key: str) -> tuple[np.ndarray, np.ndarray, dict]:
             missing = [n for n in (FEATURES, COORDS) if not isinstance(f.get(n), h5py.Dataset)]
             if missing:
                 raise _Corrupt(f"dataset {', '.join(missing)} missing")
-            feats, coords = f[FEATURES][()], f[COORDS][()]
+            feats, coords = read_rows(f[FEATURES]), read_rows(f[COORDS])
     except _Corrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated data raises OSError/RuntimeError/KeyError

@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 
 from .errors import FeatureFileError
-from .io import write_h5
+from .io import read_rows, write_h5
 
 __all__ = [
     "FEATURES", "COORDS", "ATTENTION_SCORES", "ATTENTION_RAW", "CLASS_SCORES", "TRIDENT_ATTRS",
@@ -109,13 +109,13 @@ def read_features_h5(path: str | os.PathLike[str], *, need_features: bool = True
         with h5py.File(path, "r") as f:
             if COORDS not in f:
                 raise FeatureFileError(f"{path}: no 'coords' dataset (found {', '.join(f.keys())}); a CLAM/TRIDENT feature file holds 'features' and 'coords'")
-            coords = f[COORDS][:]
+            coords = read_rows(f[COORDS])
             attrs = dict(f[COORDS].attrs.items())
             feats = None
             if need_features:
                 if FEATURES not in f:
                     raise FeatureFileError(f"{path}: no 'features' dataset (found {', '.join(f.keys())})")
-                feats = f[FEATURES][:]
+                feats = read_rows(f[FEATURES])
                 attrs.update(f[FEATURES].attrs.items())
             attrs.update(f.attrs.items())
     except OSError as exc:
@@ -194,7 +194,7 @@ def read_scores(path: str | os.PathLike[str]) -> ScoreFile:
     try:
         with h5py.File(path, "r") as f:
             attrs = {**dict(f[COORDS].attrs), **dict(f.attrs)}
-            return ScoreFile(f[ATTENTION_SCORES][:].reshape(-1), f[COORDS][:].astype(np.int64), attrs)
+            return ScoreFile(read_rows(f[ATTENTION_SCORES]).reshape(-1), read_rows(f[COORDS]).astype(np.int64), attrs)
     except (OSError, KeyError) as exc:
         raise FeatureFileError(f"{path}: not a score file with 'attention_scores' and 'coords' ({exc})") from None
 
@@ -214,7 +214,8 @@ def read_raw_scores(path: str | os.PathLike[str]) -> RawScores:
     with h5py.File(path, "r") as f:
         if ATTENTION_RAW not in f or CLASS_SCORES not in f:
             raise FeatureFileError(f"{path}: no 'attention_raw'/'class_scores' (not written by wsi-heatmaps); run with calc_heatmap: true for score maps")
-        return RawScores(f[COORDS][:].astype(np.int64), f[ATTENTION_RAW][:].reshape(-1), f[CLASS_SCORES][:])
+        return RawScores(read_rows(f[COORDS]).astype(np.int64), read_rows(f[ATTENTION_RAW]).reshape(-1),
+                         read_rows(f[CLASS_SCORES]))
 
 
 def write_coords_h5(path: str | os.PathLike[str], coords: np.ndarray, scores: np.ndarray, *, patch_size: int,
@@ -245,7 +246,7 @@ def record_scale_attrs(path: str | os.PathLike[str], scales: Mapping[str, Mappin
     """Rewrite a score H5 (atomically) with colour-scale attributes: for each ``prefix -> attrs``
     of ``scales`` (e.g. ``'attention'``, ``'score_LUAD'``) the file gets ``{prefix}_{key}``."""
     with h5py.File(path, "r") as f:
-        data = {k: f[k][:] for k in f.keys()}
+        data = {k: read_rows(f[k]) for k in f.keys()}
         attrs = dict(f.attrs)
     for prefix, values in scales.items():
         attrs.update({f"{prefix}_{k}": v for k, v in values.items()})

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from wsi_core import FeatureFileError, WsiHeatmapsError, atomic_path, read_h5, write_h5
+from wsi_core.io import read_rows
 
 
 def _leftovers(d: Path) -> list[str]:
@@ -98,8 +99,8 @@ def test_write_h5_clam_layout(tmp_path: Path) -> None:
         attrs={"coords": {"patch_size": 256, "patch_level": 0}, "/": {"slide_id": "s1"}},
     )
     with h5py.File(out) as f:
-        assert f["coords"].chunks == (32, 2) and f["coords"].maxshape == (None, 2)
-        assert f["features"].chunks == (32, 8) and f["features"].maxshape == (None, 8)
+        assert f["coords"].chunks == (50, 2) and f["coords"].maxshape == (None, 2)     # whole file: < 256 KiB
+        assert f["features"].chunks == (50, 8) and f["features"].maxshape == (None, 8)
         assert f["attention_scores"].chunks == (3, 1)
         assert f["coords"].dtype == np.int64 and f["features"].dtype == np.float32
         assert f["coords"].attrs["patch_size"] == 256
@@ -108,6 +109,11 @@ def test_write_h5_clam_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got["coords"], coords)
     np.testing.assert_array_equal(got["features"], feats)
     assert _leftovers(tmp_path) == []
+    big = write_h5(tmp_path / "b.h5", {"coords": np.zeros((100_000, 2), np.int64),
+                                       "features": np.zeros((100, 1024), np.float32)})
+    with h5py.File(big) as f:
+        assert f["coords"].chunks == (16_384, 2)       # 256 KiB
+        assert f["features"].chunks == (64, 1024)      # 256 KiB
 
 
 def test_write_h5_unknown_attr_target(tmp_path: Path) -> None:
@@ -138,3 +144,18 @@ def test_read_clam_h5(clam_reference_dir: Path) -> None:
     got = read_h5(p, ["coords", "features"])
     assert got["coords"].shape == (30, 2) and got["coords"].dtype == np.int64
     assert got["features"].shape == (30, 1024) and got["features"].dtype == np.float32
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 1024, 5000, None])
+def test_read_rows_reads_the_whole_dataset_in_slabs(tmp_path: Path, chunk_rows) -> None:
+    """CLAM writes 1-row chunks; read_rows reads them in slabs of whole chunks, same array."""
+    data = np.arange(3001 * 3, dtype=np.float32).reshape(3001, 3)
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.create_dataset("x", data=data, chunks=None if chunk_rows is None else (chunk_rows, 3),
+                         maxshape=None if chunk_rows is None else (None, 3))
+        f.create_dataset("scalar", data=3.5)
+    with h5py.File(tmp_path / "c.h5") as f:
+        got = read_rows(f["x"])
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, data)
+        assert read_rows(f["scalar"]) == 3.5
