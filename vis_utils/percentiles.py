@@ -2,7 +2,8 @@
 
 * :func:`rank_percentiles` - the percentile of each score *within its own bag*: scipy
   ``rankdata(scores, 'average') / N * 100`` (CLAM ``to_percentiles``). Used for the blockmap,
-  for maps drawn with ``convert_to_percentiles`` and for patch sampling.
+  for maps drawn with ``convert_to_percentiles`` and for patch sampling. The average ranks are
+  ``wsi_core.ranks.average_ranks`` (numpy, tested equal to ``rankdata``).
 * :func:`reference_percentiles` - the percentile of each score *against a reference bag*: scipy
   ``percentileofscore(ref, s, kind='rank')`` for each ``s`` (CLAM ``score2percentile`` with
   ``use_ref_scores``: the fine-grid scores against the blockmap scores). Computed with two
@@ -14,7 +15,8 @@ attention as ``(N, 1)``; it is flattened, which also avoids CLAM's 2-D percentil
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
+
+from wsi_core.ranks import average_ranks
 
 __all__ = ["rank_percentiles", "reference_percentiles"]
 
@@ -50,7 +52,7 @@ def rank_percentiles(scores: object) -> np.ndarray:
     arr = flat_finite(scores, "scores")
     if arr.size == 0:
         return np.zeros(0, dtype=np.float64)
-    return rankdata(arr, "average") / arr.size * 100
+    return average_ranks(arr) / arr.size * 100
 
 
 def reference_percentiles(scores: object, ref: object) -> np.ndarray:

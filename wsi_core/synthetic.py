@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .ranks import average_ranks
+
 __all__ = ["DemoSlide", "render_demo_slide", "grid_coords", "box_fraction", "rank_auc",
            "MPP", "DOWNSAMPLES", "MASK_DS"]
 
@@ -208,19 +210,6 @@ def grid_coords(demo: DemoSlide, *, patch_size: int = 256, step: int = 256,
     return coords[demo.tissue_fraction(coords, patch_size=patch_size) > min_tissue]
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``x`` (N,), ties given their average rank (``scipy.stats.rankdata``'s
-    'average' method, in numpy)."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    new = np.r_[True, xs[1:] != xs[:-1]]
-    starts = np.flatnonzero(new)
-    counts = np.diff(np.r_[starts, len(x)])
-    ranks = np.empty(len(x), np.float64)
-    ranks[order] = (starts + (counts + 1) / 2.0)[np.cumsum(new) - 1]
-    return ranks
-
-
 def rank_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC of finite ``scores`` (N,) for bool ``labels`` (N,) by the rank-sum
     (Mann–Whitney U) formula, ties counted half.
@@ -232,5 +221,5 @@ def rank_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"AUC needs both classes, got {n_pos} positives and {n_neg} negatives")
-    ranks = _average_ranks(np.asarray(scores, np.float64).ravel())
+    ranks = average_ranks(np.asarray(scores, np.float64).ravel())
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
