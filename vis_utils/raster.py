@@ -16,6 +16,7 @@ Colour follows matplotlib's float-to-index rule (:func:`lut_indices`) on a uint8
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -33,9 +34,10 @@ __all__ = [
 FIXED_POINT_BITS = 32
 
 
+@functools.lru_cache(maxsize=64)
 def colormap_lut(name: str) -> np.ndarray:
     """``(N, 3)`` uint8 RGB lookup table of a matplotlib colormap (``N = cmap.N``, 256 for jet):
-    ``(cmap(arange(N)) * 255)[:, :3].astype(uint8)`` (truncation, like CLAM).
+    ``(cmap(arange(N)) * 255)[:, :3].astype(uint8)`` (truncation, like CLAM). Cached, read-only.
 
     Raises:
         ConfigError: ``name`` is not a matplotlib colormap (the message says where to fix it).
@@ -47,7 +49,9 @@ def colormap_lut(name: str) -> np.ndarray:
             f"unknown colormap {name!r} in heatmap_arguments.cmap; use a matplotlib colormap "
             "name such as 'jet' or 'coolwarm'"
         ) from None
-    return (cmap(np.arange(cmap.N)) * 255)[:, :3].astype(np.uint8)
+    lut = (cmap(np.arange(cmap.N)) * 255)[:, :3].astype(np.uint8)
+    lut.flags.writeable = False
+    return lut
 
 
 def lut_indices(values: np.ndarray, n: int) -> np.ndarray:
@@ -138,6 +142,18 @@ def _fixed_bits(values: np.ndarray) -> int:
     return int(min(FIXED_POINT_BITS, np.floor(61 - np.log2(bound))))
 
 
+def _edges(size: int, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell edges ``{0, size} | lo | hi`` (sorted, unique) and the edge index of each ``lo`` and
+    ``hi`` - ``np.unique`` + ``searchsorted`` through a presence table of ``size + 1`` entries
+    (``O(n + size)``: every value lies in ``[0, size]``)."""
+    present = np.zeros(size + 1, dtype=bool)
+    present[[0, size]] = True
+    present[lo] = True
+    present[hi] = True
+    rank = np.cumsum(present, dtype=np.int64) - 1
+    return np.flatnonzero(present).astype(np.int64), rank[lo], rank[hi]
+
+
 def build_cells(
     x0: np.ndarray,
     y0: np.ndarray,
@@ -166,44 +182,66 @@ def build_cells(
     x0, x1, y0, y1 = x0[keep], x1[keep], y0[keep], y1[keep]
     values = np.asarray(values, dtype=np.float64)[keep]
     bits = _fixed_bits(values)
-    xs = np.unique(np.concatenate(([0, w], x0, x1)))
-    ys = np.unique(np.concatenate(([0, h], y0, y1)))
+    xs, kx0, kx1 = _edges(w, x0, x1)
+    ys, ky0, ky1 = _edges(h, y0, y1)
     return PatchCells(
-        xs=xs, ys=ys,
-        kx0=np.searchsorted(xs, x0), kx1=np.searchsorted(xs, x1),
-        ky0=np.searchsorted(ys, y0), ky1=np.searchsorted(ys, y1),
+        xs=xs, ys=ys, kx0=kx0, kx1=kx1, ky0=ky0, ky1=ky1,
         fixed=np.rint(values * 2.0**bits).astype(np.int64),
         above=np.asarray(above, dtype=bool)[keep],
         bits=bits,
     )
 
 
-def _box_sum(shape: tuple[int, int], rows: Sequence[np.ndarray], cols: Sequence[np.ndarray],
-             vals: np.ndarray, dtype: type) -> np.ndarray:
-    """Sum of ``vals`` over boxes ``[r0, r1) x [c0, c1)`` via a difference array (exact)."""
-    r0, r1 = rows
-    c0, c1 = cols
-    diff = np.zeros((shape[0] + 1, shape[1] + 1), dtype=dtype)
-    v = vals.astype(dtype, copy=False)
-    np.add.at(diff, (np.concatenate((r0, r0, r1, r1)), np.concatenate((c0, c1, c0, c1))),
-              np.concatenate((v, -v, -v, v)))
-    np.cumsum(diff, axis=0, out=diff)
-    np.cumsum(diff, axis=1, out=diff)
-    return diff[:-1, :-1]
+SPLIT_BITS = 20     # fixed-point sums go through float64 bincounts in two exact 20-bit-split halves
+
+
+class _Boxes:
+    """Corner indices of boxes ``[r0, r1) x [c0, c1)`` on a flat ``(rows + 1) * (cols + 1)``
+    difference array: ``+`` at ``(r0, c0)`` and ``(r1, c1)``, ``-`` at ``(r0, c1)`` and ``(r1, c0)``.
+    Built once and shared by every sum over the same boxes."""
+
+    def __init__(self, shape: tuple[int, int], rows: Sequence[np.ndarray], cols: Sequence[np.ndarray]) -> None:
+        (r0, r1), (c0, c1) = rows, cols
+        self.shape, stride = shape, shape[1] + 1
+        self.size = (shape[0] + 1) * stride
+        self.pos = np.concatenate((r0 * stride + c0, r1 * stride + c1))
+        self.neg = np.concatenate((r0 * stride + c1, r1 * stride + c0))
+
+    def _integrate(self, diff: np.ndarray, dtype: type) -> np.ndarray:
+        diff = diff.reshape(self.shape[0] + 1, self.shape[1] + 1).astype(dtype, copy=False)
+        np.cumsum(diff, axis=0, out=diff)
+        np.cumsum(diff, axis=1, out=diff)
+        return diff[:-1, :-1]
+
+    def count(self, where: np.ndarray | None = None) -> np.ndarray:
+        """``int32`` number of boxes (those with ``where`` True) covering each cell."""
+        pos, neg = (self.pos, self.neg) if where is None else (self.pos[np.tile(where, 2)], self.neg[np.tile(where, 2)])
+        diff = np.bincount(pos, minlength=self.size) - np.bincount(neg, minlength=self.size)
+        return self._integrate(diff, np.int32)
+
+    def total(self, fixed: np.ndarray) -> np.ndarray:
+        """``int64`` sum of ``fixed`` (int64 per box) over the boxes covering each cell, exact:
+        ``fixed = hi * 2**SPLIT_BITS + lo`` with ``0 <= lo < 2**SPLIT_BITS``; each half is summed by a
+        float64 ``bincount``, exact while ``4 n * 2**SPLIT_BITS < 2**53`` and ``|sum hi| < 2**53``."""
+        hi, lo = np.tile(fixed >> SPLIT_BITS, 2), np.tile(fixed & ((1 << SPLIT_BITS) - 1), 2)
+
+        def signed(w: np.ndarray) -> np.ndarray:
+            return (np.bincount(self.pos, weights=w, minlength=self.size)
+                    - np.bincount(self.neg, weights=w, minlength=self.size)).astype(np.int64)
+
+        return self._integrate((signed(hi) << SPLIT_BITS) + signed(lo), np.int64)
 
 
 def cell_stats(cells: PatchCells, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-cell ``(sums int64 fixed point, counts int32, coloured-patch counts int32)`` for cell
-    rows ``[c0, c1)``, each ``(c1 - c0, nx)``."""
+    rows ``[c0, c1)``, each ``(c1 - c0, nx)``: box sums on a difference array (exact integers),
+    one ``bincount`` per sign instead of a scatter-add per corner."""
     sel = (cells.ky0 < c1) & (cells.ky1 > c0)
+    if len(cells.fixed) >= 1 << (52 - SPLIT_BITS - 2):
+        raise ValueError(f"{len(cells.fixed)} patches in one band: more than the exact fixed-point sum allows")
     rows = (np.maximum(cells.ky0[sel], c0) - c0, np.minimum(cells.ky1[sel], c1) - c0)
-    cols = (cells.kx0[sel], cells.kx1[sel])
-    shape = (c1 - c0, len(cells.xs) - 1)
-    sums = _box_sum(shape, rows, cols, cells.fixed[sel], np.int64)
-    ones = np.ones(int(sel.sum()), dtype=np.int32)
-    counts = _box_sum(shape, rows, cols, ones, np.int32)
-    above = _box_sum(shape, rows, cols, cells.above[sel].astype(np.int32), np.int32)
-    return sums, counts, above
+    boxes = _Boxes((c1 - c0, len(cells.xs) - 1), rows, (cells.kx0[sel], cells.kx1[sel]))
+    return boxes.total(cells.fixed[sel]), boxes.count(), boxes.count(cells.above[sel])
 
 
 def cell_means(sums: np.ndarray, counts: np.ndarray, bits: int, *, binarize: bool) -> np.ndarray:
