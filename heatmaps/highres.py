@@ -24,11 +24,11 @@ from wsi_core.formats import (ATTENTION_RAW, has_raw_scores, read_raw_scores, re
 from wsi_core.qupath import write_qupath_annotations, write_qupath_tiles
 from wsi_core.levels import patch_footprint_level0, resolve_level
 from wsi_core.slide import open_slide
-from wsi_core.tissue import SegmentationParams, TissueContours, load_clam_mask_pkl, load_contours_geojson, segment_tissue
+from wsi_core.tissue import contours_for_scores
 
 from .cli_args import HIGHRES_ALPHA, check_label_dict
 from .config import HeatmapConfig, apply_overrides, parse_config
-from .layout import (contour_files, coords_h5_path, dsa_companion, highres_work_dir, qupath_companions, score_file_kind,
+from .layout import (coords_h5_path, dsa_companion, highres_work_dir, qupath_companions, score_file_kind,
                      scores_tiff_path, slide_outputs)
 from .light import require_full_install
 from .process_list import ROI_COLUMNS, SlideTask, initialize_process_list, load_preset, slide_stem, slide_task
@@ -214,16 +214,6 @@ def finish_highres(cfg: HeatmapConfig, task: SlideTask, output: str) -> Path:
     return out
 
 
-def _contours_for(slide, scores_path: Path) -> TissueContours:
-    """Tissue contours saved beside the scores (ours or CLAM's), else a fresh segmentation."""
-    geojson, pkl = contour_files(scores_path, slide.slide_id)
-    if geojson.is_file():
-        return load_contours_geojson(geojson)[0]
-    if pkl.is_file():
-        return load_clam_mask_pkl(pkl)
-    return segment_tissue(slide, SegmentationParams(a_t=1.0, a_h=1.0, max_n_holes=2))
-
-
 def rerender(req: HighresRequest) -> Path:
     """``--scores`` mode: draw an existing score file on the slide at ``req.vis_level`` (no torch).
 
@@ -238,7 +228,7 @@ def rerender(req: HighresRequest) -> Path:
         level = resolve_level(slide, req.vis_level, key="--vis_level")
         footprint = patch_footprint_level0(slide, patch_size=int(sf.attrs.get("patch_size", req.patch_size)),
                                            patch_level=int(sf.attrs.get("patch_level", 0)))
-        kw = dict(patch_size_level0=footprint, vis_level=level, contours=_contours_for(slide, scores_path),
+        kw = dict(patch_size_level0=footprint, vis_level=level, contours=contours_for_scores(slide, scores_path)[0],
                   style=HeatmapStyle(cmap=req.cmap, alpha=req.alpha), convert_to_percentiles=not percentile, roi=req.roi)
         write_heatmap(slide, sf.scores, sf.coords, Path(req.output),
                       raw_scores=scores_tiff_path(req.output) if req.raw_scores and ext == "tiff" else None,

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wsi_core.tissue import contour_files
+
 from .config import HeatmapConfig
 
 
@@ -86,11 +88,11 @@ class SlideOutputs:
 
     @property
     def mask_pkl(self) -> Path:
-        return self.raw_dir / f"{self.slide_id}_mask.pkl"
+        return contour_files(self.blockmap_h5, self.slide_id)[1]
 
     @property
     def contours_geojson(self) -> Path:
-        return self.raw_dir / f"{self.slide_id}_tissue.geojson"
+        return contour_files(self.blockmap_h5, self.slide_id)[0]
 
     @property
     def blockmap_png(self) -> Path:
@@ -317,7 +319,3 @@ def score_file_kind(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def contour_files(scores_path: str | os.PathLike[str], slide_id: str) -> tuple[Path, Path]:
-    """Tissue contours that may lie beside a score file: ours (GeoJSON), then CLAM's (pickle)."""
-    d = Path(scores_path).parent
-    return d / f"{slide_id}_tissue.geojson", d / f"{slide_id}_mask.pkl"

@@ -34,6 +34,9 @@ __all__ = [
     "load_contours_geojson",
     "load_clam_mask_pkl",
     "draw_segmentation",
+    "contour_files",
+    "RESEGMENT_PARAMS",
+    "contours_for_scores",
 ]
 
 
@@ -104,9 +107,29 @@ class TissueContours:
 # --------------------------------------------------------------------------- segmentation
 
 
-def _tissue_mask(rgb: np.ndarray, p: SegmentationParams) -> np.ndarray:
-    """(h, w) uint8 binary mask (0 / sthresh_up) from an RGB image, CLAM-style."""
-    sat = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[:, :, 1]
+STRIP_PX = 1 << 22      # the segmentation level is read in strips of ~4 Mpx (integer downsamples)
+
+
+def _saturation(slide: Slide, level: int) -> np.ndarray:
+    """(h, w) uint8 HSV saturation of the whole ``level`` (the only channel CLAM thresholds).
+
+    At an integer level downsample the level is read in strips of ``STRIP_PX`` (each strip's
+    level-0 origin lands on the level's own pixel grid, so the pixels are those of one read) and
+    only the saturation is kept: a 100,000 x 80,000 slide's 31 Mpx segmentation level then peaks
+    at ~80 MiB instead of ~500 MiB (RGBA, RGB and HSV copies of the whole level)."""
+    w, h = slide.level_dimensions[level]
+    dsy = float(slide.level_downsamples[level][1])
+    rows = h if not dsy.is_integer() else max(1, STRIP_PX // max(w, 1))
+    sat = np.empty((h, w), np.uint8)
+    for y in range(0, h, rows):
+        n = min(rows, h - y)
+        rgb = slide.read_region((0, int(y * dsy)), level, (w, n))
+        sat[y:y + n] = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[:, :, 1]
+    return sat
+
+
+def _tissue_mask(sat: np.ndarray, p: SegmentationParams) -> np.ndarray:
+    """(h, w) uint8 binary mask (0 / sthresh_up) from the HSV saturation, CLAM-style."""
     med = cv2.medianBlur(np.ascontiguousarray(sat), int(p.mthresh))
     if p.use_otsu:
         _, mask = cv2.threshold(med, 0, p.sthresh_up, cv2.THRESH_OTSU + cv2.THRESH_BINARY)
@@ -164,7 +187,7 @@ def _scale(cont: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
 def segment_tissue(slide: Slide, params: SegmentationParams) -> TissueContours:
     """Segment tissue like CLAM ``segmentTissue``; contours in level-0 px.
 
-    Reads the whole ``seg_level`` (RGB), thresholds the median-blurred HSV saturation (binary at
+    Reads the whole ``seg_level`` (RGB, in strips: :func:`_saturation`), thresholds the median-blurred HSV saturation (binary at
     ``sthresh`` or Otsu), closes with a ``close x close`` kernel, finds contours (RETR_CCOMP),
     keeps outer contours whose area minus their holes' areas is > ``a_t`` (and != 0) and their
     ``max_n_holes`` largest holes with area > ``a_h`` (areas scaled by
@@ -178,8 +201,7 @@ def segment_tissue(slide: Slide, params: SegmentationParams) -> TissueContours:
     """
     level = resolve_level(slide, params.seg_level, name="seg_level", key="seg_level (preset or process-list column)")
     dsx, dsy = slide.level_downsamples[level]
-    rgb = slide.read_region((0, 0), level, slide.level_dimensions[level])
-    mask = _tissue_mask(rgb, params)
+    mask = _tissue_mask(_saturation(slide, level), params)
     ref_area = int(params.ref_patch_size**2 / (dsx * dsy))
     contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     tissue: list[np.ndarray] = []
@@ -407,3 +429,36 @@ def draw_segmentation(
             cv2.drawContours(img, [_scale(h, scale) for h in hs], -1, (0, 0, 255), thick,
                              lineType=cv2.LINE_8)
     return img
+
+
+# --------------------------------------------------------------------------- beside a score file
+
+RESEGMENT_PARAMS = SegmentationParams(a_t=1.0, a_h=1.0, max_n_holes=2)
+"""Segmentation of a slide whose score file has no contours beside it (re-render, viewer): CLAM's
+defaults, keeping pieces down to one 512-px patch in area."""
+
+
+def contour_files(scores_path: str | os.PathLike[str], slide_id: str) -> tuple[Path, Path]:
+    """Tissue contours that may lie beside a score file (a run's raw dir keeps them with the
+    blockmap and fine pass): ours ``{slide_id}_tissue.geojson``, then CLAM's ``{slide_id}_mask.pkl``."""
+    d = Path(scores_path).parent
+    return d / f"{slide_id}_tissue.geojson", d / f"{slide_id}_mask.pkl"
+
+
+def contours_for_scores(slide: Slide, scores_path: str | os.PathLike[str]) -> tuple[TissueContours, str]:
+    """The tissue contours a score file's heatmap is drawn with: those beside it
+    (:func:`contour_files`), else a fresh segmentation with :data:`RESEGMENT_PARAMS`.
+
+    Returns:
+        ``(contours in level-0 px, where they came from: the file name or "segmented")``.
+
+    Raises:
+        FeatureFileError: a contour file beside it cannot be read. NoTissueError: no file and the
+            segmentation finds no tissue.
+    """
+    geojson, pkl = contour_files(scores_path, slide.slide_id)
+    if geojson.is_file():
+        return load_contours_geojson(geojson)[0], geojson.name
+    if pkl.is_file():
+        return load_clam_mask_pkl(pkl), pkl.name
+    return segment_tissue(slide, RESEGMENT_PARAMS), "segmented"
