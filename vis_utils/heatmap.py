@@ -50,7 +50,7 @@ from .raster import (
 )
 
 __all__ = ["HeatmapStyle", "HeatmapPlan", "plan_heatmap", "render_heatmap", "read_canvas",
-           "render_on_canvas", "blur_ksize"]
+           "render_on_canvas", "blur_ksize", "ColourLayer", "colour_layer"]
 
 CLAM_BLOCK = 1024          # CLAM block_blending's block size, canvas px
 READ_THREADS = max(1, min(8, os.cpu_count() or 1))   # parallel slide-block decoders
@@ -155,15 +155,72 @@ def render_on_canvas(canvas: np.ndarray, scores: np.ndarray, coords: np.ndarray,
         ``(h, w, 3)`` uint8 RGB.
     """
     h, w = canvas.shape[:2]
+    cells, lut = _cells(scores, coords, patch_size, (w, h), threshold, style)
+    if style.blur:
+        return _render_blur(canvas, cells, lut, blur_ksize(patch_size, style.overlap), style, tissue)
+    out = canvas if inplace else canvas.copy()
+    for a, b, x0, x1, colour, mask in _colour_bands(cells, lut, (w, h), style, tissue):
+        _blend(colour, mask, out[a:b, x0:x1], style.alpha)
+    return out
+
+
+@dataclass(frozen=True)
+class ColourLayer:
+    """A heatmap's colours apart from its canvas: ``render_on_canvas(canvas, ...)`` (no blur) equals
+    ``layer.blend(canvas)`` for every canvas of the layer's size, and any window of the canvas
+    blends with the same window of the layer (each pixel depends only on itself).
+
+    colour: ``(h, w, 3)`` uint8 RGB (0 where nothing is coloured). mask: ``(h, w)`` uint8 0/1,
+    1 where a patch at or above the threshold covers the pixel (inside the tissue mask, if any).
+    """
+
+    colour: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.colour.nbytes + self.mask.nbytes
+
+    def blend(self, canvas: np.ndarray, alpha: float, top_left: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """Blend the layer's window at ``top_left`` (layer px ``(x, y)``) of ``canvas``'s size onto
+        ``canvas`` ``(h, w, 3)`` uint8, in place (returned)."""
+        x, y = (int(v) for v in top_left)
+        h, w = canvas.shape[:2]
+        _blend(self.colour[y:y + h, x:x + w], self.mask[y:y + h, x:x + w], canvas, alpha)
+        return canvas
+
+
+def colour_layer(region_size: tuple[int, int], scores: np.ndarray, coords: np.ndarray, *,
+                 patch_size: tuple[int, int], threshold: float, style: HeatmapStyle,
+                 tissue: np.ndarray | None = None) -> ColourLayer:
+    """The :class:`ColourLayer` of ``render_on_canvas`` on a ``region_size`` ``(w, h)`` canvas
+    (arguments as there; ``style.alpha`` and ``blank_canvas`` do not matter).
+
+    Raises:
+        ValueError: ``style.blur`` (the blur mixes the canvas into the colours: no layer exists).
+    """
+    if style.blur:
+        raise ValueError("a blurred heatmap has no colour layer apart from its canvas; use render_on_canvas")
+    w, h = (int(v) for v in region_size)
+    colour, mask = np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8)
+    cells, lut = _cells(scores, coords, patch_size, (w, h), threshold, style)
+    for a, b, x0, x1, c, m in _colour_bands(cells, lut, (w, h), style, tissue):
+        colour[a:b, x0:x1], mask[a:b, x0:x1] = c, m
+    return ColourLayer(colour, mask)
+
+
+def _cells(scores, coords, patch_size, size, threshold, style):
     scores = np.asarray(scores).reshape(-1)
     above = scores >= threshold
     values = np.where(above, 1.0 if style.binarize else scores.astype(np.float64), 0.0)
     coords = np.asarray(coords).reshape(-1, 2)
-    cells = build_cells(coords[:, 0], coords[:, 1], patch_size, (w, h), values, above)
-    lut = colormap_lut(style.cmap)
-    if style.blur:
-        return _render_blur(canvas, cells, lut, blur_ksize(patch_size, style.overlap), style, tissue)
-    out = canvas if inplace else canvas.copy()
+    return build_cells(coords[:, 0], coords[:, 1], patch_size, size, values, above), colormap_lut(style.cmap)
+
+
+def _colour_bands(cells, lut: np.ndarray, size: tuple[int, int], style: HeatmapStyle, tissue: np.ndarray | None):
+    """Per row band ``[a, b)`` and its coloured columns ``[x0, x1)``: ``(a, b, x0, x1, colour
+    (b - a, x1 - x0, 3) uint8, mask (b - a, x1 - x0) uint8 0/1)`` - steps 3 and 5 without blur."""
+    w, h = size
     rgb_lut = lut.reshape(-1, 1, 3) if len(lut) == 256 else None
     for a, b in row_bands(h, w):
         ca, cb = cells.cell_rows(a, b)
@@ -179,12 +236,14 @@ def render_on_canvas(canvas: np.ndarray, scores: np.ndarray, coords: np.ndarray,
         mask = expand_cells(coloured[:, k0:k1].view(np.uint8), heights, widths)
         if tissue is not None:
             mask &= tissue[a:b, x0:x1].view(np.uint8)
-        colour = expand_cells(_colour_cells(idx[:, k0:k1], lut, rgb_lut), heights, widths)
-        region = out[a:b, x0:x1]
-        if style.alpha < 1.0:
-            colour = cv2.addWeighted(colour, style.alpha, region, 1.0 - style.alpha, 0)
-        copy_masked(colour, mask, region)
-    return out
+        yield a, b, x0, x1, expand_cells(_colour_cells(idx[:, k0:k1], lut, rgb_lut), heights, widths), mask
+
+
+def _blend(colour: np.ndarray, mask: np.ndarray, region: np.ndarray, alpha: float) -> None:
+    """Step 6 on one window: ``region[mask] = addWeighted(colour, alpha, region, 1 - alpha)[mask]``."""
+    if alpha < 1.0:
+        colour = cv2.addWeighted(colour, alpha, region, 1.0 - alpha, 0)
+    copy_masked(colour, mask, region)
 
 
 def _colour_cells(idx: np.ndarray, lut: np.ndarray, rgb_lut: np.ndarray | None) -> np.ndarray:

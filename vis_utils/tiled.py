@@ -37,7 +37,7 @@ from .heatmap import CLAM_BLOCK, HeatmapPlan, HeatmapStyle, blur_ksize, plan_hea
 from .raster import band_heights, build_cells, cell_means, cell_stats, expand_cells
 from .tiff import write_pyramidal_tiff
 
-__all__ = ["TiffHeatmap", "render_heatmap_tiff", "band_tissue_mask", "scaled_contours", "contour_edge_rows",
+__all__ = ["TiffHeatmap", "render_heatmap_tiff", "band_tissue_mask", "scaled_contours", "contour_edge_rows", "TissueWindows",
            "band_renderer", "score_band_renderer", "content_tile_grid", "sparse_band_renderer"]
 
 BAND_TARGET_PX = 1 << 25        # ~32 Mpx (96 MiB RGB) per band; at least one 1024-row block row
@@ -111,6 +111,53 @@ def band_tissue_mask(scaled: list, *, top_left: tuple[int, int], scale: np.ndarr
         if holes:
             cv2.drawContours(mask, holes, -1, 0, thickness=-1, offset=offset)
     return mask[a - y0:b - y0].view(bool)     # 0/1 uint8 -> bool without a copy
+
+
+class TissueWindows:
+    """Windows of ``raster.tissue_mask`` (canvas origin at level-0 ``(0, 0)``) drawn without the
+    whole canvas - for tiles of a large canvas.
+
+    A window is drawn on itself plus a margin of the longest contour edge (so every edge that
+    meets the window is drawn whole, as on the full canvas, where OpenCV's border clipping would
+    otherwise move it), clipped to the canvas like the full drawing, with only the contours whose
+    bounding box meets it, in ``tissue_mask``'s order. The margin is capped at
+    ``MASK_EDGE_ROWS`` px: an edge longer than that (never one from ``segment_tissue``) may be
+    drawn a pixel off near a window border.
+
+    Args:
+        contours: ``TissueContours`` (level-0 px). scale: ``(1 / dsx, 1 / dsy)`` level-0 -> canvas.
+        canvas_size: ``(w, h)`` px. use_holes: clear each contour's holes.
+    """
+
+    def __init__(self, contours, scale: tuple[float, float], canvas_size: tuple[int, int], *,
+                 use_holes: bool = True) -> None:
+        self.scaled = scaled_contours(contours, np.asarray(scale, dtype=np.float64), use_holes)
+        self.size = tuple(int(v) for v in canvas_size)
+        boxes, edge = [], 0
+        for tissue, holes in self.scaled:
+            pts = tissue.reshape(-1, 2)
+            boxes.append((*pts.min(axis=0), *(pts.max(axis=0) + 1)))
+            for poly in [tissue, *holes]:
+                p = poly.reshape(-1, 2).astype(np.int64)
+                if len(p) > 1:
+                    edge = max(edge, int(np.abs(p - np.roll(p, -1, axis=0)).max()))
+        self.boxes = np.array(boxes, dtype=np.int64).reshape(-1, 4)
+        self.margin = min(edge + 2, MASK_EDGE_ROWS)
+
+    def mask(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """``(y1 - y0, x1 - x0)`` bool: canvas px ``box`` ``(x0, y0, x1, y1)`` of the tissue mask."""
+        x0, y0, x1, y1 = (int(v) for v in box)
+        m, (w, h) = self.margin, self.size
+        wx0, wy0, wx1, wy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
+        b = self.boxes
+        meets = (b[:, 0] < wx1) & (b[:, 2] > wx0) & (b[:, 1] < wy1) & (b[:, 3] > wy0) if len(b) else []
+        out = np.zeros((max(wy1 - wy0, 0), max(wx1 - wx0, 0)), dtype=np.uint8)
+        for i in np.flatnonzero(meets):
+            tissue, holes = self.scaled[i]
+            cv2.drawContours(out, [tissue], -1, 1, thickness=-1, offset=(-wx0, -wy0))
+            if holes:
+                cv2.drawContours(out, holes, -1, 0, thickness=-1, offset=(-wx0, -wy0))
+        return out[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0].astype(bool)
 
 
 class _BaseReader:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vis_utils import raster as hm_bands
-from vis_utils.heatmap import HeatmapStyle, read_canvas, render_heatmap
+from vis_utils.heatmap import HeatmapStyle, colour_layer, read_canvas, render_heatmap, render_on_canvas
 from wsi_core.errors import ConfigError, FeatureFileError, RoiError
 from wsi_core.tissue import TissueContours
 
@@ -207,3 +207,26 @@ def test_errors_name_the_problem(small):
 def test_style_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         HeatmapStyle().alpha = 0.1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("alpha", [0.4, 1.0])
+def test_colour_layer_blends_to_render_on_canvas(alpha):
+    """A colour layer blended onto a canvas (whole, or window by window) is render_on_canvas."""
+    rng = np.random.default_rng(3)
+    h, w = 300, 420
+    canvas = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    coords = rng.integers(-20, 400, (500, 2))
+    scores = rng.random(500)
+    tissue = np.zeros((h, w), bool)
+    tissue[30:250, 50:380] = True
+    style = HeatmapStyle(alpha=alpha, cmap="coolwarm")
+    ref = render_on_canvas(canvas, scores, coords, patch_size=(37, 29), threshold=0.2, style=style, tissue=tissue)
+    layer = colour_layer((w, h), scores, coords, patch_size=(37, 29), threshold=0.2, style=style, tissue=tissue)
+    np.testing.assert_array_equal(layer.blend(canvas.copy(), alpha), ref)
+    for x, y in ((0, 0), (123, 77), (400, 280)):
+        win = canvas[y:y + 64, x:x + 64].copy()
+        np.testing.assert_array_equal(layer.blend(win, alpha, (x, y)), ref[y:y + 64, x:x + 64])
+    assert layer.nbytes == h * w * 4
+    with pytest.raises(ValueError, match="blur"):
+        colour_layer((w, h), scores, coords, patch_size=(37, 29), threshold=0.2,
+                     style=HeatmapStyle(blur=True), tissue=None)

@@ -14,7 +14,7 @@ import tifffile
 from vis_utils.heatmap import HeatmapStyle, render_heatmap
 from vis_utils.raster import colormap_lut, tissue_mask
 from vis_utils.tiff import check_raster_size, pyramid_sizes, write_pyramidal_tiff
-from vis_utils.tiled import band_tissue_mask, render_heatmap_tiff, scaled_contours
+from vis_utils.tiled import TissueWindows, band_tissue_mask, render_heatmap_tiff, scaled_contours
 from wsi_core import open_slide
 from wsi_core.errors import ConfigError
 from wsi_core.tissue import TissueContours, load_clam_mask_pkl
@@ -130,6 +130,34 @@ def test_band_tissue_mask_equals_full_mask_rows():
             band = band_tissue_mask(scaled, top_left=tl, scale=scale, width=size[0], rows=(a, b),
                                     height=size[1])
             assert np.array_equal(band, full[a:b]), (tl, a)
+
+
+def test_tissue_windows_equal_the_full_mask():
+    """Tiles of the mask drawn alone (TissueWindows) equal the full drawing, at long edges, holes
+    and canvas borders; naive tile drawings do not."""
+    ellipse = cv2.ellipse2Poly((1600, 1550), (1500, 1400), 0, 0, 360, 3).reshape(-1, 1, 2)
+    triangle = np.array([[[200, 100]], [[3000, 1700]], [[900, 3050]]])      # edges up to 2,600 px
+    contours = TissueContours(
+        tissue=[ellipse.astype(np.int32), triangle.astype(np.int32)],
+        holes=[[cv2.ellipse2Poly((1500, 1500), (300, 200), 0, 0, 360, 7).reshape(-1, 1, 2)
+                .astype(np.int32)], []])
+    rng = np.random.default_rng(0)
+    naive_diff = 0
+    for d in (2, 3, 8):
+        size = (-(-3200 // d), -(-3100 // d))
+        full = tissue_mask(contours, region_size=size, scale=(1 / d, 1 / d), top_left=(0, 0), use_holes=True)
+        windows = TissueWindows(contours, (1 / d, 1 / d), size)
+        assert windows.margin < 2048                 # the longest edge is drawn whole
+        for _ in range(40):
+            x0, y0 = int(rng.integers(0, size[0])), int(rng.integers(0, size[1]))
+            box = (x0, y0, min(size[0], x0 + 254), min(size[1], y0 + 254))
+            np.testing.assert_array_equal(windows.mask(box), full[box[1]:box[3], box[0]:box[2]])
+            naive = np.zeros((box[3] - box[1], box[2] - box[0]), np.uint8)
+            for t, hs in scaled_contours(contours, np.array([1 / d, 1 / d]), True):
+                cv2.drawContours(naive, [t], -1, 1, -1, offset=(-x0, -y0))
+                cv2.drawContours(naive, hs, -1, 0, -1, offset=(-x0, -y0))
+            naive_diff += int((naive.astype(bool) != full[box[1]:box[3], box[0]:box[2]]).sum())
+    assert naive_diff > 0          # the margin is what makes windows exact
 
 
 def _grid(w0, h0, patch, step, seed):
