@@ -19,8 +19,8 @@ import pandas as pd
 
 from vis_utils import HeatmapStyle, rank_percentiles
 from wsi_core.errors import ConfigError
-from wsi_core.formats import (ATTENTION_RAW, has_raw_scores, read_raw_scores, read_scores, scores_are_percentiles,
-                              write_coords_h5)
+from wsi_core.formats import (ATTENTION_RAW, has_raw_scores, read_raw_scores, read_scores, score_file_kind,
+                              scores_are_percentiles, write_coords_h5)
 from wsi_core.qupath import write_qupath_annotations, write_qupath_tiles
 from wsi_core.levels import patch_footprint_level0, resolve_level
 from wsi_core.slide import open_slide
@@ -28,8 +28,7 @@ from wsi_core.tissue import contours_for_scores
 
 from .cli_args import HIGHRES_ALPHA, check_label_dict
 from .config import HeatmapConfig, apply_overrides, parse_config
-from .layout import (coords_h5_path, dsa_companion, highres_work_dir, qupath_companions, score_file_kind,
-                     scores_tiff_path, slide_outputs)
+from .layout import coords_h5_path, dsa_companion, highres_work_dir, qupath_companions, scores_tiff_path, slide_outputs
 from .light import require_full_install
 from .process_list import ROI_COLUMNS, SlideTask, initialize_process_list, load_preset, slide_stem, slide_task
 from .writers.dsa import write_dsa

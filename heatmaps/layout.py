@@ -40,7 +40,9 @@ The seed commands (``generate-heatmaps``, ``create-heatmaps-marugoto``) put one 
     {output_dir}/results/{label}/...         heatmaps (and score maps) as in the production dir
     {output_dir}/raw/results/{label}/{slide_id}/...   the raw dir (blockmaps, fine-pass H5, contours)
 
-The layouts *inside* the H5 files live in :mod:`wsi_core.formats`.
+The score files' names and the layouts *inside* the H5 files live in :mod:`wsi_core.formats`
+(the torch-free viewer tells them apart too), the contour files' names in :mod:`wsi_core.tissue`
+(``contour_files``); this module builds every path from them.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wsi_core.formats import BLOCKMAP_SUFFIX, COORDS_SUFFIX, fine_pass_name
 from wsi_core.tissue import contour_files
 
 from .config import HeatmapConfig
@@ -76,11 +79,11 @@ class SlideOutputs:
 
     @property
     def blockmap_h5(self) -> Path:
-        return self.raw_dir / f"{self.slide_id}_blockmap.h5"
+        return self.raw_dir / f"{self.slide_id}{BLOCKMAP_SUFFIX}"
 
     def overlap_h5(self, use_roi: bool | None = None) -> Path:
         roi = self.use_roi if use_roi is None else use_roi
-        return self.raw_dir / f"{self.slide_id}_{self.overlap}_roi_{roi}.h5"
+        return self.raw_dir / fine_pass_name(self.slide_id, self.overlap, roi)
 
     @property
     def mask_jpg(self) -> Path:
@@ -276,7 +279,7 @@ def seed_exp_arguments(output_dir: str | os.PathLike[str]) -> dict[str, str]:
 def coords_h5_path(out_path: str | os.PathLike[str]) -> Path:
     """``{output stem}_coords.h5`` beside a heatmap file."""
     p = Path(out_path)
-    return p.with_name(f"{p.stem}_coords.h5")
+    return p.with_name(f"{p.stem}{COORDS_SUFFIX}")
 
 
 def scores_tiff_path(out_path: str | os.PathLike[str]) -> Path:
@@ -304,18 +307,5 @@ def highres_work_dir(out_path: str | os.PathLike[str]) -> Path:
     return p.parent / f"{p.stem}_work"
 
 
-_FINE_PASS = re.compile(r"_roi_(True|False)\.h5$")
-
-
-def score_file_kind(path: str | os.PathLike[str]) -> str | None:
-    """What a score file is by its name: ``'blockmap'``, ``'fine_pass'``, ``'coords'`` or None."""
-    name = Path(path).name
-    if name.endswith("_blockmap.h5"):
-        return "blockmap"
-    if _FINE_PASS.search(name):
-        return "fine_pass"
-    if name.endswith("_coords.h5"):
-        return "coords"
-    return None
 
 

@@ -15,7 +15,8 @@ Routes (``<eid>`` is an entry id of the :class:`~viewer.registry.Registry`, neve
 
 Style query of score-file tiles and colour bar: ``cmap``, ``alpha`` (0-1), ``scale``
 (``percentile`` | ``raw`` | ``run``), ``lower``/``upper`` (quantiles 0-1), ``blur``, ``binarize``
-(0/1), ``thresh`` (0-1, -1 = 1/N), ``overlap`` (0-1, blur kernel), ``blank`` (0/1).
+(0/1), ``thresh`` (0-1, -1 = 1/N), ``overlap`` (0-1, blur kernel), ``blank`` (0/1), ``segment``
+(0/1, default 1: colour only inside the tissue contours).
 
 Every refusal is one readable line: 404 for an id not registered, 400 for bad input (``..`` in a
 URL, a bad style value, a tile that does not exist, a file the project refuses).
@@ -57,7 +58,7 @@ def parse_style(args, source: ScoreSource) -> TileStyle:
     """:class:`TileStyle` from query parameters (defaults: the source's overlap). Raises BadRequest."""
     try:
         num = {k: float(args[k]) for k in ("alpha", "lower", "upper", "thresh", "overlap") if k in args}
-        flags = {k: _flag(args[k]) for k in ("blur", "binarize", "blank") if k in args}
+        flags = {k: _flag(args[k]) for k in ("blur", "binarize", "blank", "segment") if k in args}
     except ValueError as exc:
         raise BadRequest(f"bad style parameter: {exc}") from None
     if any(not math.isfinite(v) for v in num.values()):
@@ -67,7 +68,8 @@ def parse_style(args, source: ScoreSource) -> TileStyle:
                           scale=args.get("scale", "percentile"), lower=num.get("lower", 0.0),
                           upper=num.get("upper", 1.0), blur=flags.get("blur", False),
                           binarize=flags.get("binarize", False), binary_thresh=num.get("thresh", -1.0),
-                          overlap=num.get("overlap", source.default_overlap), blank=flags.get("blank", False))
+                          overlap=num.get("overlap", source.default_overlap), blank=flags.get("blank", False),
+                          segment=flags.get("segment", True))
         style.heatmap_style()          # validates alpha / overlap
         colormap_lut(style.cmap)       # validates cmap
         source.scale_for(style)        # validates scale
@@ -76,7 +78,7 @@ def parse_style(args, source: ScoreSource) -> TileStyle:
     return style
 
 
-def create_app(registry: Registry, *, cache_bytes: int = 64 << 20) -> Flask:
+def create_app(registry: Registry, *, cache_bytes: int = 32 << 20) -> Flask:
     """The viewer app serving ``registry``'s entries (see the module docstring); ``cache_bytes``
     bounds the LRU of encoded tiles."""
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
@@ -124,7 +126,7 @@ def create_app(registry: Registry, *, cache_bytes: int = 64 << 20) -> Flask:
         if isinstance(h, ScoreSource):
             info.update(n_patches=len(h.coords), patch=h.patch, has_raw=h.raw is not None,
                         has_class_logits=h.class_logits is not None, overlap=h.default_overlap,
-                        run_scale=h.run_scale is not None)
+                        run_scale=h.run_scale is not None, tissue=h.tissue_source)
         return jsonify(info)
 
     def _layer(eid: str, layer: str):

@@ -2,6 +2,7 @@
 
     view-heatmaps --slide SLIDE.svs --heatmap HEATMAP.tiff|SCORES.h5 [--patch-size 256]
     view-heatmaps --run RAW_DIR/EXP [--results RESULTS.csv] [--slide-dir DIR]
+    view-heatmaps --run RESULTS.csv [--slide-dir DIR]
 
 Binds 127.0.0.1 (reach it from elsewhere through an SSH tunnel: ``ssh -L 8000:localhost:8000``);
 ``--host 0.0.0.0`` opens it to the network, with a warning.
@@ -33,13 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide", help="the slide file (OpenSlide)")
     p.add_argument("--heatmap", help="its heatmap: a pyramidal TIFF written at vis_level 0, or a score H5 "
                                      "(blockmap, fine pass or _coords.h5) drawn live")
-    p.add_argument("--run", help="a run's raw directory RAW_DIR/EXP: every slide of the run")
+    p.add_argument("--run", help="a run's raw directory RAW_DIR/EXP, or its results CSV: every slide of the run")
     p.add_argument("--results", help="the run's results CSV (label, Pred_c, p_c per slide)")
     p.add_argument("--slide-dir", help="where the run's slides are (default: data_dir of RAW_DIR/EXP/config.yaml)")
     p.add_argument("--patch-size", type=int, help="level-0 px of one patch, for score files that do not say it")
     p.add_argument("--score-kind", choices=("raw", "percentile"),
-                   help="what the score files hold when they do not say (CLAM's fine-pass H5 holds percentiles; "
-                        "default: raw attention)")
+                   help="what score files that do not say hold (CLAM's fine-pass H5: percentiles with "
+                        "use_ref_scores); default: the run's config.yaml, else CLAM's blockmaps raw and its fine passes "
+                        "percentiles when every value lies in 0-100. Never applied to blockmaps (always raw)")
+    p.add_argument("--no-segment", dest="segment", action="store_false",
+                   help="colour every pixel a patch covers: no tissue contours (by default those beside the score "
+                        "file - {slide_id}_tissue.geojson or CLAM's {slide_id}_mask.pkl - else a fresh segmentation)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: a free one)")
     p.add_argument("--open", action="store_true", help="open the page in a web browser")
@@ -50,11 +55,14 @@ def build_registry(args: argparse.Namespace) -> Registry:
     if args.run:
         if args.slide or args.heatmap:
             raise ConfigError("pass either --run or --slide with --heatmap, not both")
-        return Registry.from_run(args.run, slide_dir=args.slide_dir, results_csv=args.results,
-                                 patch_size=args.patch_size, score_kind=args.score_kind)
+        kw = dict(slide_dir=args.slide_dir, patch_size=args.patch_size, score_kind=args.score_kind, segment=args.segment)
+        if args.run.lower().endswith(".csv"):
+            return Registry.from_results(args.run, **kw)
+        return Registry.from_run(args.run, results_csv=args.results, **kw)
     if not (args.slide and args.heatmap):
         raise ConfigError("pass --slide SLIDE --heatmap HEATMAP (or --run RAW_DIR/EXP)")
-    return Registry.single(args.slide, args.heatmap, patch_size=args.patch_size, score_kind=args.score_kind)
+    return Registry.single(args.slide, args.heatmap, patch_size=args.patch_size, score_kind=args.score_kind,
+                           segment=args.segment)
 
 
 def serve(registry: Registry, host: str = "127.0.0.1", port: int = 8000) -> BaseWSGIServer:

@@ -12,8 +12,14 @@ Every source speaks Deep Zoom in the **slide's** geometry (OpenSlide's ``DeepZoo
   ``wsi_core.formats.read_scores``) drawn on the fly with the project's renderer
   (``vis_utils.heatmap.plan_heatmap`` + ``render_on_canvas``): a tile at the DZ level of
   downsample ``d`` equals the crop of ``render_heatmap`` at a slide level of downsample ``d``
-  (exactly so at level 0, and at every slide level whose downsample is a power of two). Tissue
-  segmentation is not applied (``segment`` off: the viewer has no contours).
+  (exactly so at level 0, and at every slide level whose downsample is a power of two), tissue
+  mask included: the contours beside the score file (``{slide_id}_tissue.geojson`` or CLAM's
+  ``{slide_id}_mask.pkl``, as a run keeps them), else a fresh segmentation, as the re-render does
+  (``wsi_core.tissue.contours_for_scores``). Deep Zoom levels of at most ``LAYER_MAX_PX`` pixels
+  are coloured whole once per style (``vis_utils.heatmap.colour_layer``) and each tile blends its
+  window of that layer - a tile of the overview covers up to all N patches, and is then a crop;
+  deeper tiles are drawn from the patches under them (with blur: always, since the blur mixes the
+  slide into the colours).
 * :class:`GridIndex` - patches bucketed by grid cell, so a tile or a point asks only the cells
   it touches (never a scan of all N patches).
 """
@@ -31,22 +37,31 @@ import cv2
 import numpy as np
 from openslide.deepzoom import DeepZoomGenerator
 
-from vis_utils.heatmap import HeatmapPlan, HeatmapStyle, blur_ksize, plan_heatmap, render_on_canvas
+from vis_utils.heatmap import ColourLayer, HeatmapPlan, HeatmapStyle, blur_ksize, colour_layer, plan_heatmap, \
+    render_on_canvas
 from vis_utils.normalize import ScoreScale, fit_scale
 from vis_utils.percentiles import rank_percentiles
+from vis_utils.raster import tissue_mask
+from vis_utils.tiled import TissueWindows
 from wsi_core.errors import ConfigError, FeatureFileError
-from wsi_core.formats import has_raw_scores, read_raw_scores, read_scores, scores_are_percentiles
+from wsi_core.formats import has_raw_scores, read_raw_scores, read_scores, score_file_kind, scores_are_percentiles
 from wsi_core.levels import patch_footprint_level0, to_level_px
 from wsi_core.slide import Slide, open_slide
+from wsi_core.tissue import TissueContours, contours_for_scores
 
 __all__ = ["TILE_SIZE", "TILE_OVERLAP", "GridIndex", "SlideSource", "TiffHeatmapSource", "ScoreSource",
-           "TileStyle", "TileCache", "dz_tile_box", "min_dz_level",
+           "TileStyle", "TileCache", "dz_tile_box", "min_dz_level", "smallest_k",
            "release_heap", "limit_arenas"]
 
 TILE_SIZE = 254            # Deep Zoom tile size (px) and overlap: 256-px tiles on the wire
 TILE_OVERLAP = 1
 JPEG_QUALITY = 80
 TRIM_AFTER_PATCHES = 50_000   # tiles drawn from more patches give their heap back (release_heap)
+LAYER_MAX_PX = 1 << 22        # Deep Zoom levels up to 4 Mpx are coloured whole, once per style
+LAYER_CACHE_BYTES = 96 << 20  # colour layers kept (LRU)
+REGION_CACHE_BYTES = 16 << 20  # decoded slide tiles kept (LRU): ~80 tiles, two screens
+LAYER_BAND_PX = 1 << 20       # a layer is coloured in bands of 1 Mpx (bounds its temporaries)
+_ONE_LAYER_AT_A_TIME = threading.Lock()
 
 
 def dz_tile_box(dz: DeepZoomGenerator, level: int, col: int, row: int) -> tuple[int, int, int, int]:
@@ -142,11 +157,12 @@ class GridIndex:
 
 
 class TileCache:
-    """A thread-safe LRU of encoded tiles, bounded in bytes; a tile being made by one thread is
-    waited for by the others (never made twice at once)."""
+    """A thread-safe LRU of encoded tiles (or any values: ``sizeof`` gives their bytes), bounded
+    in bytes; a value being made by one thread is waited for by the others (never made twice at
+    once)."""
 
-    def __init__(self, max_bytes: int = 64 << 20) -> None:
-        self.max_bytes, self.size = int(max_bytes), 0
+    def __init__(self, max_bytes: int = 64 << 20, sizeof: Callable[[object], int] = len) -> None:
+        self.max_bytes, self.size, self.sizeof = int(max_bytes), 0, sizeof
         self._d: OrderedDict[tuple, bytes] = OrderedDict()
         self._busy: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
@@ -166,9 +182,9 @@ class TileCache:
             data = make()
             with self._lock:
                 self._d[key] = data
-                self.size += len(data)
+                self.size += self.sizeof(data)
                 while self.size > self.max_bytes and len(self._d) > 1:
-                    self.size -= len(self._d.popitem(last=False)[1])
+                    self.size -= self.sizeof(self._d.popitem(last=False)[1])
             return data
         finally:
             with self._lock:
@@ -176,13 +192,17 @@ class TileCache:
 
 
 class SlideSource:
-    """A slide served as Deep Zoom (JPEG tiles). Raises SlideOpenError (one line) when OpenSlide
-    cannot open it."""
+    """A slide served as Deep Zoom (JPEG tiles of :meth:`region`). Raises SlideOpenError (one
+    line) when OpenSlide cannot open it.
+
+    Decoded regions are kept in a small LRU (``REGION_CACHE_BYTES``): the heatmap drawn over the
+    slide asks for the same tile boxes as the slide viewer beside it, and decodes none twice."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.slide: Slide = open_slide(self.path)
         self.dz = DeepZoomGenerator(self.slide.handle, tile_size=TILE_SIZE, overlap=TILE_OVERLAP)
+        self._regions = TileCache(REGION_CACHE_BYTES, sizeof=lambda a: a.nbytes)
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -190,12 +210,16 @@ class SlideSource:
         return self.slide.dimensions
 
     def tile(self, level: int, col: int, row: int) -> bytes:
-        dz_tile_box(self.dz, level, col, row)           # ValueError for a bad address
-        return _jpeg(np.asarray(self.dz.get_tile(level, (col, row)).convert("RGB")))
+        """JPEG of Deep Zoom tile ``(col, row)`` at DZ ``level`` (ValueError for a bad address)."""
+        return _jpeg(self.region(level, dz_tile_box(self.dz, level, col, row)))
 
     def region(self, level: int, box: tuple[int, int, int, int]) -> np.ndarray:
-        """``(h, w, 3)`` uint8 RGB of DZ px ``box`` at DZ ``level``, read from the best slide
-        level and resized (INTER_AREA) - DZ level ``max`` is exactly ``read_region`` at level 0."""
+        """``(h, w, 3)`` uint8 RGB of DZ px ``box`` at DZ ``level`` (a fresh array), read from the
+        best slide level and resized (INTER_AREA) - DZ level ``max`` is exactly ``read_region`` at
+        level 0."""
+        return self._regions.get((level, tuple(box)), lambda: self._read(level, box)).copy()
+
+    def _read(self, level: int, box: tuple[int, int, int, int]) -> np.ndarray:
         x0, y0, x1, y1 = box
         d = 2.0 ** (self.dz.level_count - 1 - level)
         lvl = self.slide.best_level_for_downsample(d)
@@ -235,7 +259,7 @@ class TileStyle:
     rank percentiles of this slide), ``'raw'`` (raw attention, quantiles ``lower``/``upper`` of this
     slide) or ``'run'`` (raw attention, quantiles over every slide of the run). blur, binarize,
     binary_thresh (-1 = 1/N), overlap (sets the blur kernel): as ``HeatmapStyle``.
-    blank: white canvas instead of the slide.
+    blank: white canvas instead of the slide. segment: colour only inside the tissue mask.
     """
 
     cmap: str = "jet"
@@ -248,11 +272,16 @@ class TileStyle:
     binary_thresh: float = -1.0
     overlap: float = 0.0
     blank: bool = False
+    segment: bool = True
 
     def heatmap_style(self) -> HeatmapStyle:
         return HeatmapStyle(cmap=self.cmap, alpha=self.alpha, blur=self.blur, overlap=self.overlap,
                             binarize=self.binarize, binary_thresh=self.binary_thresh,
-                            blank_canvas=self.blank, segment=False)
+                            blank_canvas=self.blank, segment=self.segment)
+
+    def colour_key(self) -> tuple:
+        """What the colours depend on (not alpha, not the canvas)."""
+        return (self.scale, self.lower, self.upper, self.binarize, self.binary_thresh, self.cmap, self.segment)
 
 
 SCALES = ("percentile", "raw", "run")
@@ -270,7 +299,10 @@ class ScoreSource:
         patch: ``(pw, ph)`` level-0 px. index: the :class:`GridIndex`.
         score_kind: what ``attention_scores`` hold when the file does not say (``score_kind``
             attribute): ``'raw'`` or ``'percentile'`` (CLAM's fine-pass H5 with use_ref_scores);
-            None: raw.
+            None: as the re-render decides (``scores_are_percentiles``: CLAM's blockmaps are raw,
+            its fine-pass H5s percentiles when every value lies in 0-100).
+        segment: find the tissue contours (``contours``; ``tissue_source`` says from where: a
+            file name or ``"segmented"``); False: none (every covered pixel is coloured).
 
     Raises:
         FeatureFileError: not a score file (no ``attention_scores``), coords outside the slide,
@@ -282,6 +314,7 @@ class ScoreSource:
     patch_size: int | None = None
     run_scale: Callable[[float, float], ScoreScale] | None = None
     score_kind: str | None = None
+    segment: bool = True
     _plans: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -300,9 +333,11 @@ class ScoreSource:
         self.patch = self._patch_wh()
         if self.score_kind not in (None, "raw", "percentile"):
             raise ConfigError(f"score kind must be 'raw' or 'percentile', got {self.score_kind!r}")
-        said = sf.attrs.get("score_kind")
-        is_pct = scores_are_percentiles(sf, file_kind=None) if said is not None or self.score_kind is None \
-            else self.score_kind == "percentile"
+        kind = score_file_kind(self.path)
+        if sf.attrs.get("score_kind") is not None or self.score_kind is None or kind == "blockmap":
+            is_pct = scores_are_percentiles(sf, file_kind=kind)      # the file says, or its name does
+        else:
+            is_pct = self.score_kind == "percentile"
         self.percentiles = sf.scores.astype(np.float64) if is_pct else rank_percentiles(sf.scores)
         self.raw, self.class_logits = (None if is_pct else sf.scores), None
         if has_raw_scores(self.path):
@@ -310,11 +345,18 @@ class ScoreSource:
             self.raw, self.class_logits = rs.attention, rs.class_logits
         self.index = GridIndex(self.coords, self.patch)
         self._lock = threading.Lock()
-        release_heap()
+        self.contours: TissueContours | None = None
+        self.tissue_source: str | None = None
+        if self.segment:
+            self.contours, self.tissue_source = contours_for_scores(self.slide.slide, self.path)
+        self._layers = TileCache(LAYER_CACHE_BYTES, sizeof=lambda layer: layer.nbytes)
+        self._windows: dict[int, TissueWindows] = {}
         if "step_size" in self.attrs and self.patch[0]:
             self.default_overlap = max(0.0, 1.0 - float(self.attrs["step_size"]) / self.patch[0])
         else:
             self.default_overlap = 0.0
+        self.plan(TileStyle(overlap=self.default_overlap))     # the page's first style: ready before its tiles
+        release_heap()
 
     def _patch_wh(self) -> tuple[int, int]:
         a = self.attrs
@@ -365,29 +407,69 @@ class ScoreSource:
 
     def render(self, level: int, box: tuple[int, int, int, int], style: TileStyle) -> np.ndarray:
         """``(h, w, 3)`` uint8 RGB of DZ px ``box`` at DZ ``level``: ``render_on_canvas`` on the
-        canvas of downsample ``d`` (patch boxes ``ceil(coord / d)`` + ``ceil(patch / d)``) over the
-        box plus a blur halo (clipped to the level, so blur borders equal the full render's)."""
+        canvas of downsample ``d`` (patch boxes ``ceil(coord / d)`` + ``ceil(patch / d)``) - as a
+        window of the level's colour layer (levels of at most ``LAYER_MAX_PX``, no blur), else from
+        the patches under the box plus a blur halo (clipped to the level, so blur borders equal the
+        full render's)."""
         plan, _ = self.plan(style)
         hs = style.heatmap_style()
         dz = self.slide.dz
-        d = 2.0 ** (dz.level_count - 1 - level)
-        scale = np.array([1.0 / d, 1.0 / d])
-        psize = tuple(int(v) for v in to_level_px(self.patch, scale))
-        halo = 2 * (blur_ksize(psize, hs.overlap)[1] // 2) if hs.blur else 0
         lw, lh = dz.level_dimensions[level]
         x0, y0, x1, y1 = box
+        if not hs.blur and lw * lh <= LAYER_MAX_PX:
+            layer = self._layers.get((level, style.colour_key()), lambda: self._colour_layer(level, style, plan))
+            canvas = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8) if hs.blank_canvas else self.slide.region(level, box)
+            return layer.blend(canvas, hs.alpha, (x0, y0))
+        scale, psize = self._level_scale(level)
+        halo = 2 * (blur_ksize(psize, hs.overlap)[1] // 2) if hs.blur else 0
         cx0, cy0, cx1, cy1 = max(0, x0 - halo), max(0, y0 - halo), min(lw, x1 + halo), min(lh, y1 + halo)
         if hs.blank_canvas:
             canvas = np.full((cy1 - cy0, cx1 - cx0, 3), 255, np.uint8)
         else:
             canvas = self.slide.region(level, (cx0, cy0, cx1, cy1))
+        d = 1.0 / scale[0]
         sel = self.index.query(cx0 * d - d, cy0 * d - d, cx1 * d + d, cy1 * d + d)
         cc = to_level_px(self.coords[sel], scale) - np.array([cx0, cy0])
+        tissue = self._tissue_windows(level).mask((cx0, cy0, cx1, cy1)) if self._segmented(style) else None
         out = render_on_canvas(canvas, plan.scores[sel], cc, patch_size=psize, threshold=plan.threshold,
-                               style=hs, inplace=True)
+                               style=hs, tissue=tissue, inplace=True)
         if len(sel) > TRIM_AFTER_PATCHES:      # an overview tile's temporaries: hand them back
             release_heap()
         return out[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+
+    def _level_scale(self, level: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """``(scale (2,) = 1 / d, patch size in px)`` of DZ ``level`` (downsample ``d``)."""
+        d = 2.0 ** (self.slide.dz.level_count - 1 - level)
+        scale = np.array([1.0 / d, 1.0 / d])
+        return scale, tuple(int(v) for v in to_level_px(self.patch, scale))
+
+    def _segmented(self, style: TileStyle) -> bool:
+        return style.segment and self.contours is not None
+
+    def _colour_layer(self, level: int, style: TileStyle, plan: HeatmapPlan) -> ColourLayer:
+        """The whole DZ ``level`` coloured (``render_heatmap``'s colours and mask at that scale);
+        one layer at a time per process (a million patches take ~250 MiB of temporaries)."""
+        with _ONE_LAYER_AT_A_TIME:
+            return self._render_layer(level, style, plan)
+
+    def _render_layer(self, level: int, style: TileStyle, plan: HeatmapPlan) -> ColourLayer:
+        scale, psize = self._level_scale(level)
+        size = self.slide.dz.level_dimensions[level]
+        tissue = tissue_mask(self.contours, region_size=size, scale=(scale[0], scale[1]), top_left=(0, 0),
+                             use_holes=True) if self._segmented(style) else None
+        layer = colour_layer(size, plan.scores, to_level_px(self.coords, scale), patch_size=psize,
+                             threshold=plan.threshold, style=style.heatmap_style(), tissue=tissue,
+                             band_pixels=LAYER_BAND_PX)
+        release_heap()
+        return layer
+
+    def _tissue_windows(self, level: int) -> TissueWindows:
+        with self._lock:
+            if level not in self._windows:
+                scale, _ = self._level_scale(level)
+                self._windows[level] = TissueWindows(self.contours, (scale[0], scale[1]),
+                                                     self.slide.dz.level_dimensions[level])
+            return self._windows[level]
 
     def tile(self, level: int, col: int, row: int, style: TileStyle) -> bytes:
         return _png(self.render(level, dz_tile_box(self.slide.dz, level, col, row), style))
@@ -412,8 +494,21 @@ class ScoreSource:
         return self.patch_record(self.index.query(x, y, x + 1, y + 1))
 
     def extremes(self, k: int) -> tuple[list[dict], list[dict]]:
-        """Top-k and bottom-k patches by percentile (ties: lower index first)."""
-        order = np.argsort(-self.percentiles, kind="stable")
-        k = max(0, min(int(k), len(order)))
-        bottom = np.argsort(self.percentiles, kind="stable")[:k]
-        return self.patch_record(order[:k]), self.patch_record(bottom)
+        """Top-k and bottom-k patches by percentile (ties: lower index first); ``O(N)``, no sort
+        of all N patches."""
+        k = max(0, min(int(k), len(self.percentiles)))
+        return (self.patch_record(smallest_k(-self.percentiles, k)),
+                self.patch_record(smallest_k(self.percentiles, k)))
+
+
+def smallest_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` smallest of ``(N,)`` ``values``, ascending by value, ties by index -
+    ``np.argsort(values, kind="stable")[:k]`` through a partition (``O(N + k log k)``)."""
+    values = np.asarray(values)
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    if k >= len(values):
+        return np.argsort(values, kind="stable")
+    kth = np.partition(values, k - 1)[k - 1]
+    cand = np.flatnonzero(values <= kth)            # ascending index: the stable sort keeps it for ties
+    return cand[np.argsort(values[cand], kind="stable")][:k]

@@ -46,7 +46,7 @@ from wsi_core.tissue import TissueContours
 from .percentiles import rank_percentiles
 from .raster import (
     band_heights, build_cells, cell_means, cell_stats, colormap_lut, copy_masked, expand_cells, lut_indices,
-    row_bands, tissue_mask,
+    BAND_PIXELS, row_bands, tissue_mask,
 )
 
 __all__ = ["HeatmapStyle", "HeatmapPlan", "plan_heatmap", "render_heatmap", "read_canvas",
@@ -192,9 +192,10 @@ class ColourLayer:
 
 def colour_layer(region_size: tuple[int, int], scores: np.ndarray, coords: np.ndarray, *,
                  patch_size: tuple[int, int], threshold: float, style: HeatmapStyle,
-                 tissue: np.ndarray | None = None) -> ColourLayer:
+                 tissue: np.ndarray | None = None, band_pixels: int = BAND_PIXELS) -> ColourLayer:
     """The :class:`ColourLayer` of ``render_on_canvas`` on a ``region_size`` ``(w, h)`` canvas
-    (arguments as there; ``style.alpha`` and ``blank_canvas`` do not matter).
+    (arguments as there; ``style.alpha`` and ``blank_canvas`` do not matter). ``band_pixels``:
+    pixels coloured per row band (smaller bands: fewer temporaries, more passes over the patches).
 
     Raises:
         ValueError: ``style.blur`` (the blur mixes the canvas into the colours: no layer exists).
@@ -204,7 +205,7 @@ def colour_layer(region_size: tuple[int, int], scores: np.ndarray, coords: np.nd
     w, h = (int(v) for v in region_size)
     colour, mask = np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8)
     cells, lut = _cells(scores, coords, patch_size, (w, h), threshold, style)
-    for a, b, x0, x1, c, m in _colour_bands(cells, lut, (w, h), style, tissue):
+    for a, b, x0, x1, c, m in _colour_bands(cells, lut, (w, h), style, tissue, band_pixels):
         colour[a:b, x0:x1], mask[a:b, x0:x1] = c, m
     return ColourLayer(colour, mask)
 
@@ -217,12 +218,13 @@ def _cells(scores, coords, patch_size, size, threshold, style):
     return build_cells(coords[:, 0], coords[:, 1], patch_size, size, values, above), colormap_lut(style.cmap)
 
 
-def _colour_bands(cells, lut: np.ndarray, size: tuple[int, int], style: HeatmapStyle, tissue: np.ndarray | None):
+def _colour_bands(cells, lut: np.ndarray, size: tuple[int, int], style: HeatmapStyle, tissue: np.ndarray | None,
+                  band_pixels: int = BAND_PIXELS):
     """Per row band ``[a, b)`` and its coloured columns ``[x0, x1)``: ``(a, b, x0, x1, colour
     (b - a, x1 - x0, 3) uint8, mask (b - a, x1 - x0) uint8 0/1)`` - steps 3 and 5 without blur."""
     w, h = size
     rgb_lut = lut.reshape(-1, 1, 3) if len(lut) == 256 else None
-    for a, b in row_bands(h, w):
+    for a, b in row_bands(h, w, band_pixels=band_pixels):
         ca, cb = cells.cell_rows(a, b)
         sums, counts, n_above = cell_stats(cells, ca, cb)
         coloured = n_above > 0

@@ -179,15 +179,16 @@ def build_cells(
     x1, y1 = np.clip(x0 + pw, 0, w), np.clip(y0 + ph, 0, h)
     x0, y0 = np.clip(x0, 0, w), np.clip(y0, 0, h)
     keep = (x1 > x0) & (y1 > y0)
-    x0, x1, y0, y1 = x0[keep], x1[keep], y0[keep], y1[keep]
-    values = np.asarray(values, dtype=np.float64)[keep]
+    values, above = np.asarray(values, dtype=np.float64), np.asarray(above, dtype=bool)
+    if not keep.all():
+        x0, x1, y0, y1, values, above = x0[keep], x1[keep], y0[keep], y1[keep], values[keep], above[keep]
     bits = _fixed_bits(values)
     xs, kx0, kx1 = _edges(w, x0, x1)
     ys, ky0, ky1 = _edges(h, y0, y1)
     return PatchCells(
         xs=xs, ys=ys, kx0=kx0, kx1=kx1, ky0=ky0, ky1=ky1,
         fixed=np.rint(values * 2.0**bits).astype(np.int64),
-        above=np.asarray(above, dtype=bool)[keep],
+        above=above,
         bits=bits,
     )
 
@@ -196,16 +197,29 @@ SPLIT_BITS = 20     # fixed-point sums go through float64 bincounts in two exact
 
 
 class _Boxes:
-    """Corner indices of boxes ``[r0, r1) x [c0, c1)`` on a flat ``(rows + 1) * (cols + 1)``
-    difference array: ``+`` at ``(r0, c0)`` and ``(r1, c1)``, ``-`` at ``(r0, c1)`` and ``(r1, c0)``.
-    Built once and shared by every sum over the same boxes."""
+    """Boxes ``[r0, r1) x [c0, c1)`` as corners of a flat ``(rows + 1) * (cols + 1)`` difference
+    array: ``+`` at ``(r0, c0)`` and ``(r1, c1)``, ``-`` at ``(r0, c1)`` and ``(r1, c0)``; every
+    sum over the boxes is one ``bincount`` per corner (no corner or weight array is concatenated
+    or tiled: a million boxes stay within ~100 MiB of temporaries)."""
 
     def __init__(self, shape: tuple[int, int], rows: Sequence[np.ndarray], cols: Sequence[np.ndarray]) -> None:
         (r0, r1), (c0, c1) = rows, cols
         self.shape, stride = shape, shape[1] + 1
         self.size = (shape[0] + 1) * stride
-        self.pos = np.concatenate((r0 * stride + c0, r1 * stride + c1))
-        self.neg = np.concatenate((r0 * stride + c1, r1 * stride + c0))
+        self.corners = ((1, r0 * stride + c0), (-1, r0 * stride + c1), (-1, r1 * stride + c0), (1, r1 * stride + c1))
+
+    def _sum(self, weights: np.ndarray | None, where: np.ndarray | None = None) -> np.ndarray:
+        """Flat difference array: signed bincounts of the four corners (float64 with weights)."""
+        out = None
+        for sign, idx in self.corners:
+            b = np.bincount(idx if where is None else idx[where], weights=weights, minlength=self.size)
+            if out is None:
+                out = b
+            elif sign > 0:
+                out += b
+            else:
+                out -= b
+        return out
 
     def _integrate(self, diff: np.ndarray, dtype: type) -> np.ndarray:
         diff = diff.reshape(self.shape[0] + 1, self.shape[1] + 1).astype(dtype, copy=False)
@@ -215,21 +229,18 @@ class _Boxes:
 
     def count(self, where: np.ndarray | None = None) -> np.ndarray:
         """``int32`` number of boxes (those with ``where`` True) covering each cell."""
-        pos, neg = (self.pos, self.neg) if where is None else (self.pos[np.tile(where, 2)], self.neg[np.tile(where, 2)])
-        diff = np.bincount(pos, minlength=self.size) - np.bincount(neg, minlength=self.size)
-        return self._integrate(diff, np.int32)
+        return self._integrate(self._sum(None, where), np.int32)
 
     def total(self, fixed: np.ndarray) -> np.ndarray:
         """``int64`` sum of ``fixed`` (int64 per box) over the boxes covering each cell, exact:
-        ``fixed = hi * 2**SPLIT_BITS + lo`` with ``0 <= lo < 2**SPLIT_BITS``; each half is summed by a
-        float64 ``bincount``, exact while ``4 n * 2**SPLIT_BITS < 2**53`` and ``|sum hi| < 2**53``."""
-        hi, lo = np.tile(fixed >> SPLIT_BITS, 2), np.tile(fixed & ((1 << SPLIT_BITS) - 1), 2)
-
-        def signed(w: np.ndarray) -> np.ndarray:
-            return (np.bincount(self.pos, weights=w, minlength=self.size)
-                    - np.bincount(self.neg, weights=w, minlength=self.size)).astype(np.int64)
-
-        return self._integrate((signed(hi) << SPLIT_BITS) + signed(lo), np.int64)
+        ``fixed = hi * 2**SPLIT_BITS + lo`` with ``0 <= lo < 2**SPLIT_BITS``; each half is summed by
+        float64 ``bincount``s, whose partial sums stay integers below 2**53 while
+        ``4 n * 2**SPLIT_BITS < 2**53`` and ``4 * sum |hi| < 2**53``."""
+        hi = self._sum((fixed >> SPLIT_BITS).astype(np.float64)).astype(np.int64)
+        lo = self._sum((fixed & ((1 << SPLIT_BITS) - 1)).astype(np.float64)).astype(np.int64)
+        hi <<= SPLIT_BITS
+        hi += lo
+        return self._integrate(hi, np.int64)
 
 
 def cell_stats(cells: PatchCells, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -269,10 +280,10 @@ def expand_cells(cell_values: np.ndarray, heights: np.ndarray, widths: np.ndarra
 BAND_PIXELS = 1 << 22      # canvas pixels per row band (~4 Mpx: 32 MiB of float64 when blurring)
 
 
-def row_bands(h: int, w: int, min_rows: int = 1) -> Iterator[tuple[int, int]]:
-    """Row ranges ``[a, b)`` covering an ``(h, w)`` canvas in bands of about ``BAND_PIXELS``
+def row_bands(h: int, w: int, min_rows: int = 1, band_pixels: int = BAND_PIXELS) -> Iterator[tuple[int, int]]:
+    """Row ranges ``[a, b)`` covering an ``(h, w)`` canvas in bands of about ``band_pixels``
     pixels (at least ``min_rows`` rows), so per-band buffers stay bounded."""
-    step = max(BAND_PIXELS // max(w, 1), min_rows, 1)
+    step = max(band_pixels // max(w, 1), min_rows, 1)
     for a in range(0, h, step):
         yield a, min(h, a + step)
 

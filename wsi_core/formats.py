@@ -29,6 +29,7 @@ Every write is atomic (:func:`wsi_core.io.write_h5`); the user's files are only 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -43,7 +44,8 @@ __all__ = [
     "FEATURES", "COORDS", "ATTENTION_SCORES", "ATTENTION_RAW", "CLASS_SCORES", "TRIDENT_ATTRS",
     "FeatureBag", "validate_bag", "read_features_h5", "read_coords_h5", "write_features_h5",
     "write_trident_features_h5", "ScoreFile", "RawScores", "write_scores", "read_scores", "has_raw_scores",
-    "read_raw_scores", "write_coords_h5", "record_scale_attrs", "scores_are_percentiles",
+    "read_raw_scores", "write_coords_h5", "record_scale_attrs", "scores_are_percentiles", "score_file_kind",
+    "BLOCKMAP_SUFFIX", "COORDS_SUFFIX", "fine_pass_name",
 ]
 
 FEATURES = "features"
@@ -253,11 +255,36 @@ def record_scale_attrs(path: str | os.PathLike[str], scales: Mapping[str, Mappin
     return write_h5(path, data, attrs={"/": attrs})
 
 
+BLOCKMAP_SUFFIX = "_blockmap.h5"      # {slide_id}_blockmap.h5 (CLAM)
+COORDS_SUFFIX = "_coords.h5"          # {output stem}_coords.h5 beside a high-resolution heatmap
+_FINE_PASS = re.compile(r"_roi_(True|False)\.h5$")
+
+
+def fine_pass_name(slide_id: str, overlap: float, use_roi: bool) -> str:
+    """CLAM's fine-pass H5 name ``{slide_id}_{overlap}_roi_{True|False}.h5``."""
+    return f"{slide_id}_{overlap}_roi_{use_roi}.h5"
+
+
+def score_file_kind(path: str | os.PathLike[str]) -> str | None:
+    """What a score file is by CLAM's names for it: ``'blockmap'`` (``{slide_id}_blockmap.h5``),
+    ``'fine_pass'`` (``{slide_id}_{overlap}_roi_{True|False}.h5``), ``'coords'``
+    (``{output stem}_coords.h5``) or None. The names are here, with the layouts, because the
+    viewer (which never imports ``heatmaps``) tells the files apart too."""
+    name = Path(path).name
+    if name.endswith(BLOCKMAP_SUFFIX):
+        return "blockmap"
+    if _FINE_PASS.search(name):
+        return "fine_pass"
+    if name.endswith(COORDS_SUFFIX):
+        return "coords"
+    return None
+
+
 def scores_are_percentiles(score_file: ScoreFile, *, file_kind: str | None) -> bool:
     """Whether a score file holds 0-100 percentiles (else raw attention, to be ranked).
 
     ``file_kind``: ``'blockmap'``, ``'fine_pass'``, ``'coords'`` or None (unknown), as the output
-    layout names the file (``heatmaps.layout.score_file_kind``). Ours say so in ``score_kind``;
+    layout names the file (:func:`score_file_kind`). Ours say so in ``score_kind``;
     CLAM's blockmaps hold raw attention, and CLAM's fine-pass H5s hold percentiles when their
     values lie in [0, 100] (``use_ref_scores``)."""
     kind = score_file.attrs.get("score_kind")

@@ -7,7 +7,8 @@ import pytest
 
 from heatmaps.config import parse_config
 from heatmaps.layout import (class_map_name, colorbar_path, coords_h5_path, effective_config_path, highres_work_dir,
-                             results_csv_path, scale_json_path, score_file_kind, scores_tiff_path, slide_outputs)
+                             results_csv_path, scale_json_path, scores_tiff_path, slide_outputs)
+from wsi_core.formats import score_file_kind
 
 
 def _cfg(tmp_path, **heat):

@@ -11,7 +11,9 @@ from wsi_core.formats import read_scores
 from wsi_core.slide import open_slide
 from viewer.app import create_app
 from viewer.registry import Registry
+from viewer import sources
 from viewer.sources import GridIndex, TILE_SIZE
+from wsi_core.tissue import contours_for_scores
 
 SID = "CMU-1-Small-Region"
 
@@ -40,25 +42,36 @@ def test_dzi_descriptors_and_tiles(client):
     assert client.get(f"/tiles/{SID}/heatmap/3/0_0.png").status_code == 200   # one tile, whole slide
 
 
+@pytest.mark.parametrize("layer_max_px", [1 << 23, 0], ids=["colour layer", "per tile"])
 @pytest.mark.parametrize("query,style", [
-    ("", HeatmapStyle(alpha=0.4, segment=False)),
-    ("?cmap=coolwarm&alpha=1&blur=1&overlap=0.5", HeatmapStyle(cmap="coolwarm", alpha=1.0, blur=True, overlap=0.5,
-                                                                  segment=False)),
-    ("?binarize=1&thresh=0.6&blank=1", HeatmapStyle(binarize=True, binary_thresh=0.6, blank_canvas=True,
-                                                    segment=False)),
+    ("", HeatmapStyle(alpha=0.4)),
+    ("?segment=0", HeatmapStyle(alpha=0.4, segment=False)),
+    ("?cmap=coolwarm&alpha=1&blur=1&overlap=0.5", HeatmapStyle(cmap="coolwarm", alpha=1.0, blur=True, overlap=0.5)),
+    ("?binarize=1&thresh=0.6&blank=1", HeatmapStyle(binarize=True, binary_thresh=0.6, blank_canvas=True)),
 ])
-def test_on_the_fly_tiles_equal_the_renderer(client, cmu_slide, our_scores, query, style):
-    """Level-0 tiles are crops of render_heatmap at vis_level 0 (percentile scale), blur borders too."""
+def test_on_the_fly_tiles_equal_the_renderer(cmu_slide, our_scores, query, style, layer_max_px, monkeypatch):
+    """Level-0 tiles are crops of render_heatmap at vis_level 0 (percentile scale), tissue mask and
+    blur borders too - drawn from the level's colour layer or from the patches under each tile."""
+    monkeypatch.setattr(sources, "LAYER_MAX_PX", layer_max_px)
+    client = create_app(Registry.single(cmu_slide, our_scores)).test_client()
     sf = read_scores(our_scores)
     with open_slide(cmu_slide) as slide:
+        contours, found = contours_for_scores(slide, our_scores)
+        assert found == "segmented"              # no contour file beside these scores
         full = render_heatmap(slide, sf.scores, sf.coords, patch_size_level0=(256, 256), vis_level=0,
+                              contours=contours, style=style, convert_to_percentiles=True)
+        bare = render_heatmap(slide, sf.scores, sf.coords, patch_size_level0=(256, 256), vis_level=0,
                               contours=None, style=style, convert_to_percentiles=True)
-    for col, row in ((0, 0), (3, 4), (8, 11)):           # corner, interior, bottom-right edge
+    masked = 0
+    for col, row in ((0, 0), (3, 4), (8, 11), (5, 2)):      # corner, interior, bottom-right edge, tissue edge
         tile = _png(client.get(f"/tiles/{SID}/heatmap/12/{col}_{row}.png{query}"))
         x0, y0 = col * TILE_SIZE - (col > 0), row * TILE_SIZE - (row > 0)
         ref = full[y0:y0 + tile.shape[0], x0:x0 + tile.shape[1]]
         assert tile.shape == ref.shape
         np.testing.assert_array_equal(tile, ref)
+        masked += int((ref != bare[y0:y0 + tile.shape[0], x0:x0 + tile.shape[1]]).any(axis=2).sum())
+    if not style.binarize:       # the tissue mask left covered background uncoloured (binarized: only tissue is above)
+        assert (masked > 0) == style.segment
 
 
 def test_style_changes_tiles(client):

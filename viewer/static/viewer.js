@@ -26,7 +26,8 @@
   function styleQuery() {
     if (!info || info.kind !== "scores") return "";
     const q = new URLSearchParams({ cmap: $("cmap").value, scale: $("scale").value, alpha: $("alpha").value,
-                                    blur: $("blur").checked ? 1 : 0, binarize: $("binarize").checked ? 1 : 0 });
+                                    blur: $("blur").checked ? 1 : 0, binarize: $("binarize").checked ? 1 : 0,
+                                    segment: $("segment").checked ? 1 : 0 });
     return "?" + q.toString();
   }
 
@@ -61,6 +62,13 @@
   }
 
   function item(v) { return v.world.getItemAt(0); }
+
+  function afterFirstPaint(fn) {                       // when every shown tile is drawn (or after 3 s)
+    const t0 = performance.now();
+    (function poll() {
+      if (api.fullyLoaded() || performance.now() - t0 > 3000) fn(); else setTimeout(poll, 50);
+    })();
+  }
 
   function level0At(v, e) {
     const rect = v.container.getBoundingClientRect();
@@ -198,8 +206,10 @@
 
   async function open() {
     try {
-      const slides = await getJSON("/api/slides");
-      entry = params.get("slide") && slides.some((s) => s.id === params.get("slide")) ? params.get("slide") : slides[0].id;
+      const want = params.get("slide");                // a deep link: ask for its slide's info at once
+      const [slides, early] = await Promise.all([getJSON("/api/slides"),
+        want ? getJSON(`/api/slide/${encodeURIComponent(want)}`).catch(() => null) : null]);
+      entry = want && slides.some((s) => s.id === want) ? want : slides[0].id;
       for (const s of slides) {
         const o = document.createElement("option");
         const preds = Object.keys(s).filter((k) => k.startsWith("p_")).map((k) => `${s["Pred_" + k.slice(2)] ?? k}: ${(+s[k]).toFixed(3)}`);
@@ -209,19 +219,21 @@
       }
       $("slide").value = entry;
       if (params.get("mode")) $("mode").value = params.get("mode");
-      info = await getJSON(`/api/slide/${encodeURIComponent(entry)}`);
+      info = early && early.id === entry ? early : await getJSON(`/api/slide/${encodeURIComponent(entry)}`);
       $("style-box").style.display = info.kind === "scores" ? "" : "none";
       if (info.kind === "scores" && !info.has_raw) {
         $("scale").querySelector('option[value="raw"]').disabled = true;
         $("scale").querySelector('option[value="run"]').disabled = true;
       }
       if (!info.run_scale) $("scale").querySelector('option[value="run"]').disabled = true;
+      if (info.kind === "scores" && !info.tissue) { $("segment").checked = false; $("segment").disabled = true; }
+      if (info.tissue) $("segment").parentElement.title += ` - here: ${info.tissue}`;
       await build();
       const x = +params.get("x"), y = +params.get("y"), w = +params.get("w");
       if (params.has("x") && params.has("y") && w > 0) api.setView({ x, y, width: w });
       api.ready = true;
       colorbar().catch((e) => status(e.message));
-      gallery().catch((e) => status(e.message));
+      afterFirstPaint(() => gallery().catch((e) => status(e.message)));   // thumbnails do not delay the tiles
     } catch (e) {
       status(e.message);
     }
@@ -237,7 +249,7 @@
     const it = viewers[0] && viewers[0].world.getItemAt(1);
     if (it) it.setOpacity(+$("opacity").value);
   });
-  for (const id of ["cmap", "scale", "alpha", "blur", "binarize"]) $(id).addEventListener("change", reloadHeatmap);
+  for (const id of ["cmap", "scale", "alpha", "blur", "binarize", "segment"]) $(id).addEventListener("change", reloadHeatmap);
   $("export").addEventListener("click", () => {
     const a = document.createElement("a");
     a.href = api.exportPng(); a.download = `${entry}_view.png`; a.click();
