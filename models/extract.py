@@ -32,6 +32,7 @@ from wsi_core.slide import Slide, open_slide
 
 from .encode import PatchSource, encode
 from .encoders import DeviceTransform, Encoder, device_transform
+from .encoders.transforms import HostBatchTransform, host_batch_transform
 
 __all__ = ["PatchDataset", "BandDataset", "SlidePatchSource", "SlideBandSource", "extract_features",
            "extract_features_dense", "plan_bands_for_workers", "reuse_map"]
@@ -158,7 +159,9 @@ class BandDataset(IterableDataset):
     (batches span bands within a worker). Each DataLoader worker takes every
     ``num_workers``-th band, opens the slide itself and reads each of its bands once; every
     window goes through ``PIL.Image.fromarray`` and ``transform`` exactly as
-    :class:`PatchDataset` does (``target_patch_size``: PIL resize first). ``transform=None``
+    :class:`PatchDataset` does (``target_patch_size``: PIL resize first) - the transform's PIL
+    steps per window and its tensor steps per batch (:class:`~models.encoders.transforms.HostBatchTransform`,
+    bit-identical) when it was built by ``build_transform``. ``transform=None``
     yields the windows untransformed, as one (b, s, s, 3) uint8 tensor per batch (for a
     :class:`models.encoders.DeviceTransform` on the GPU).
     """
@@ -199,26 +202,45 @@ class BandDataset(IterableDataset):
             img = img.resize((self.target_patch_size,) * 2)
         return self.transform(img)
 
+    def _pil(self, window: np.ndarray, host: HostBatchTransform) -> np.ndarray:
+        img = Image.fromarray(window)
+        if self.target_patch_size and self.target_patch_size != self.patch_size:
+            img = img.resize((self.target_patch_size,) * 2)
+        return host.pil(img)
+
     def __iter__(self) -> Iterator[tuple[np.ndarray, Tensor]]:
         if self.transform is None:
             yield from self._raw()
             return
         info = get_worker_info()
         mine = self.bands if info is None else self.bands[info.id::info.num_workers]
+        host = host_batch_transform(self.transform)   # PIL steps per patch, tensor steps per batch
+        if host is None:                              # an ad-hoc transform: per patch, stacked
+            def finish(items: list) -> Tensor:
+                return torch.stack(items)
+
+            def one(w: np.ndarray) -> Tensor:
+                return self._to_tensor(w)
+        else:
+            def finish(items: list) -> Tensor:
+                return host.batch(np.stack(items))
+
+            def one(w: np.ndarray) -> np.ndarray:
+                return self._pil(w, host)
         pend_idx: list[np.ndarray] = []
-        pend: list[Tensor] = []
+        pend: list = []
         bs = self.batch_size
         with open_slide(self.slide_path) as slide:
             for idx, patches in iter_band_windows(slide, mine, patch_level=self.patch_level,
                                                   patch_size=self.patch_size, batch_size=bs):
                 pend_idx.append(idx)
-                pend.extend(self._to_tensor(w) for w in patches)  # the per-patch PIL transform
+                pend.extend(one(w) for w in patches)
                 while len(pend) >= bs:
                     all_idx = np.concatenate(pend_idx)
-                    yield all_idx[:bs], torch.stack(pend[:bs])
+                    yield all_idx[:bs], finish(pend[:bs])
                     pend_idx, pend = [all_idx[bs:]], pend[bs:]
         if pend:
-            yield np.concatenate(pend_idx), torch.stack(pend)
+            yield np.concatenate(pend_idx), finish(pend)
 
 
 def plan_bands_for_workers(coords: np.ndarray, *, downsample: float, patch_size: int,

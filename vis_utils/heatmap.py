@@ -352,7 +352,7 @@ def plan_heatmap(slide: Slide, scores: np.ndarray, coords: np.ndarray, *, patch_
 def render_heatmap(slide: Slide, scores: np.ndarray, coords: np.ndarray, *, patch_size_level0: tuple[int, int],
                    vis_level: int,
                    contours: TissueContours | None, style: HeatmapStyle, convert_to_percentiles: bool,
-                   roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+                   roi: tuple[int, int, int, int] | None = None, canvas: np.ndarray | None = None) -> np.ndarray:
     """Draw an attention heatmap of a slide like CLAM ``drawHeatmap`` (see the module docstring).
 
     Args:
@@ -367,6 +367,10 @@ def render_heatmap(slide: Slide, scores: np.ndarray, coords: np.ndarray, *, patc
         style: :class:`HeatmapStyle`.
         convert_to_percentiles: rank-percentile the scores (after the ROI screen) first.
         roi: ``(x1, y1, x2, y2)`` level-0 px, or None for the whole slide.
+        canvas: the slide at ``vis_level`` already read by the caller (``(h, w, 3)`` uint8 of the
+            canvas: the whole level without an ROI), used instead of reading it again; it must hold
+            the pixels :func:`read_canvas` gives (so: an integer level downsample, where they equal
+            one ``read_region``). Not modified.
 
     Returns:
         ``(h, w, 3)`` uint8 RGB, ``h, w`` = the level (or ROI) size at ``vis_level``, divided by
@@ -390,7 +394,11 @@ def render_heatmap(slide: Slide, scores: np.ndarray, coords: np.ndarray, *, patc
         tissue = tissue_mask(contours, region_size=region_size, scale=(scale[0], scale[1]),
                              top_left=top_left, use_holes=style.use_holes)
     w, h = region_size
-    if style.blank_canvas:
+    if canvas is not None and not style.blank_canvas:
+        if canvas.shape != (h, w, 3) or canvas.dtype != np.uint8:
+            raise ValueError(f"canvas {canvas.shape} {canvas.dtype} is not the ({h}, {w}, 3) uint8 slide at vis_level {vis_level}")
+        canvas = canvas.copy()
+    elif style.blank_canvas:
         canvas = np.full((h, w, 3), 255, dtype=np.uint8)
     elif style.alpha < 1.0:
         canvas = read_canvas(slide, vis_level=vis_level, top_left=top_left, region_size=region_size)

@@ -19,6 +19,7 @@ from wsi_core.io import atomic_path
 __all__ = ["IMAGE_SUFFIXES", "save_image"]
 
 _PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+PNG_COMPRESS_LEVEL = 1   # zlib level of PNGs: a 6.6 Mpx preview in 0.36 s instead of 0.59 s (level 6), 8 % larger
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 # PIL refuses images above ~179 Mpx by default (decompression-bomb guard); our own outputs are
@@ -43,7 +44,8 @@ def save_image(img: np.ndarray, path: str | os.PathLike[str], *, quality: int = 
             JPEG drops nothing, so pass RGB for JPEG).
         path: target file; its suffix (case-insensitive) picks the format: ``.jpg``/``.jpeg``,
             ``.png``, ``.tif``/``.tiff``. Parent folders are created.
-        quality: JPEG quality 1-100 (ignored for PNG/TIFF).
+        quality: JPEG quality 1-100 (ignored for PNG/TIFF). PNGs are written at zlib level
+            ``PNG_COMPRESS_LEVEL`` (lossless whatever the level).
 
     Returns:
         The written path.
@@ -66,7 +68,8 @@ def save_image(img: np.ndarray, path: str | os.PathLike[str], *, quality: int = 
     with atomic_path(target) as tmp:
         if suffix in _PIL_FORMATS:
             fmt = _PIL_FORMATS[suffix]
-            kwargs = {"quality": int(quality)} if fmt == "JPEG" else {}
+            kwargs = {"quality": int(quality)} if fmt == "JPEG" else {"compress_level": PNG_COMPRESS_LEVEL} \
+                if fmt == "PNG" else {}
             if fmt == "JPEG" and arr.ndim == 3 and arr.shape[2] == 4:
                 arr = np.ascontiguousarray(arr[..., :3])
             Image.fromarray(arr).save(tmp, format=fmt, **kwargs)

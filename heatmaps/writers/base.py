@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 
+from vis_utils.heatmap import read_canvas
 from wsi_core.slide import Slide
 from wsi_core.tissue import TissueContours
 
@@ -17,6 +18,7 @@ from ..process_list import SlideTask
 __all__ = ["STAGES", "SlideArtifacts", "Writer", "WRITERS", "register_writer", "writers_for", "run_writers"]
 
 STAGES = ("tissue", "blockmap", "heatmap")
+LEVEL_IMAGE_MAX_PX = 1 << 25     # levels up to 32 Mpx (96 MiB RGB) are read once per slide for its pictures
 
 
 @dataclass
@@ -46,6 +48,20 @@ class SlideArtifacts:
     fine_scores: np.ndarray | None = None
     fine_coords: np.ndarray | None = None
     written: list[Path] = field(default_factory=list)
+    _levels: dict = field(default_factory=dict, repr=False)
+
+    def level_image(self, level: int) -> np.ndarray | None:
+        """The whole slide at ``level`` ``(h, w, 3)`` uint8, read once for every picture of this
+        slide (preview, heatmap, orig), or None when it is not kept: a level over
+        ``LEVEL_IMAGE_MAX_PX`` or with a non-integer downsample (where CLAM's block reads and one
+        read differ by a sub-pixel shift). Read in CLAM's 1024-px blocks, in threads
+        (``vis_utils.heatmap.read_canvas``: the same pixels as one read at integer downsamples)."""
+        if level not in self._levels:
+            w, h = self.slide.level_dimensions[level]
+            integer = all(float(d).is_integer() for d in self.slide.level_downsamples[level])
+            self._levels[level] = read_canvas(self.slide, vis_level=level, top_left=(0, 0), region_size=(w, h)) \
+                if integer and w * h <= LEVEL_IMAGE_MAX_PX else None
+        return self._levels[level]
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,10 @@ def write_heatmap(slide: Slide, scores: np.ndarray, coords: np.ndarray, path: Pa
     save_image(render_heatmap(slide, scores, coords, vis_level=vis_level, **kw), path, quality=100)
 
 
-def save_orig(slide: Slide, level: int, custom_downsample: int, path: Path) -> None:
+def save_orig(slide: Slide, level: int, custom_downsample: int, path: Path, *, image: np.ndarray | None = None) -> None:
     """The slide itself at ``level`` (CLAM's ``_orig_`` image). A ``.tiff`` is a pyramidal TIFF
-    streamed band by band from the slide (any level, bounded memory), else one image."""
+    streamed band by band from the slide (any level, bounded memory), else one image (``image``:
+    the whole level already read, else read here)."""
     if path.suffix.lower().lstrip(".") in TIFF_EXTS and custom_downsample == 1:
         w, h = slide.level_dimensions[level]
         dx, dy = slide.level_downsamples[level]
@@ -70,12 +71,12 @@ def save_orig(slide: Slide, level: int, custom_downsample: int, path: Path) -> N
         return
     w, h = slide.level_dimensions[level]
     check_raster_size(w // custom_downsample, h // custom_downsample, path.suffix.lstrip("."))
-    save_image(_orig_image(slide, level, custom_downsample), path, quality=100)
+    save_image(_orig_image(slide, level, custom_downsample, image), path, quality=100)
 
 
-def _orig_image(slide: Slide, level: int, custom_downsample: int) -> np.ndarray:
+def _orig_image(slide: Slide, level: int, custom_downsample: int, image: np.ndarray | None = None) -> np.ndarray:
     """The whole slide at ``level`` (CLAM visWSI view_slide_only), shrunk by custom_downsample."""
-    img = slide.read_region((0, 0), level, slide.level_dimensions[level])
+    img = image if image is not None else slide.read_region((0, 0), level, slide.level_dimensions[level])
     if custom_downsample > 1:
         from PIL import Image
 
@@ -97,7 +98,8 @@ def _mask(a: SlideArtifacts) -> list[Path]:
 def _blockmap_preview(a: SlideArtifacts) -> list[Path]:
     save_image(render_heatmap(a.slide, a.block_scores, a.block_coords, patch_size_level0=a.patch_size_level0,
                               vis_level=-1, contours=a.contours, style=style(a.cfg, final=False),
-                              convert_to_percentiles=True), a.out.blockmap_png)
+                              convert_to_percentiles=True, canvas=a.level_image(resolve_level(a.slide, -1))),
+               a.out.blockmap_png)
     return [a.out.blockmap_png]
 
 
@@ -106,10 +108,13 @@ def _heatmap(a: SlideArtifacts) -> list[Path]:
     path = a.out.heatmap(a.cfg)
     raw = scores_tiff_path(path) if h.raw_scores and h.save_ext in TIFF_EXTS else None
     st = style(a.cfg, final=True)
+    roi = a.task.roi if h.use_roi else None
+    whole = roi is None and path.suffix.lower().lstrip(".") not in TIFF_EXTS and h.custom_downsample == 1
     write_heatmap(a.slide, a.fine_scores, a.fine_coords, path, patch_size_level0=a.patch_size_level0,
                   vis_level=h.vis_level, contours=a.contours, style=st,
-                  convert_to_percentiles=not h.use_ref_scores, roi=a.task.roi if h.use_roi else None,
-                  raw_scores=raw, empty_background=h.tiff_background == "empty")
+                  convert_to_percentiles=not h.use_ref_scores, roi=roi,
+                  raw_scores=raw, empty_background=h.tiff_background == "empty",
+                  **({"canvas": a.level_image(resolve_level(a.slide, h.vis_level))} if whole else {}))
     record = {"image": path.name, "fine_pass": a.fine_h5.name if a.fine_h5 else None, "vis_level": h.vis_level,
               "scores": "percentile" if h.use_ref_scores else "raw, ranked into percentiles",
               "roi": list(a.task.roi) if (h.use_roi and a.task.roi) else None, **dataclasses.asdict(st)}
@@ -122,7 +127,8 @@ def _heatmap(a: SlideArtifacts) -> list[Path]:
 def _orig(a: SlideArtifacts) -> list[Path]:
     h = a.cfg.heatmap_arguments
     path = a.out.orig(a.orig_level, h.save_ext)
-    save_orig(a.slide, a.orig_level, h.custom_downsample, path)
+    tiff = path.suffix.lower().lstrip(".") in TIFF_EXTS
+    save_orig(a.slide, a.orig_level, h.custom_downsample, path, image=None if tiff else a.level_image(a.orig_level))
     return [path]
 
 

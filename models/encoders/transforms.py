@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
+
 from .registry import TransformSpec
 
 if TYPE_CHECKING:
     from PIL import Image
     from torch import Tensor
 
-__all__ = ["build_transform", "eval_transform", "DeviceTransform", "device_transform"]
+__all__ = ["build_transform", "eval_transform", "DeviceTransform", "device_transform", "HostBatchTransform",
+           "host_batch_transform"]
 
 
 def build_transform(spec: TransformSpec, size: int) -> Callable[[Image.Image], Tensor]:
@@ -90,3 +93,43 @@ def device_transform(transform: object) -> DeviceTransform | None:
     if not isinstance(spec, TransformSpec) or size is None:
         return None
     return DeviceTransform(spec, size)
+
+
+class HostBatchTransform:
+    """:func:`build_transform` split for CPU batches: its PIL steps (resize, centre crop) per patch
+    (:meth:`pil`), its tensor steps (``ToTensor``, ``Normalize``) once per batch (:meth:`batch`).
+
+    Bit-identical to the per-patch ``Compose``: ``ToTensor`` and ``Normalize`` are elementwise
+    float32 ``/ 255``, ``- mean`` and ``/ std``, the same operations on a batch as on each patch;
+    only the per-patch tensor allocations, copies and the ``torch.stack`` go away. The batch comes
+    out as ``(b, 3, H, W)`` float32 in channels-last memory (the permuted uint8 layout), which a
+    channels-last encoder takes without a copy.
+    """
+
+    def __init__(self, transform: Callable) -> None:
+        from torchvision import transforms
+
+        self.spec, self.size = transform.spec, int(transform.size)
+        steps = [t for t in transform.transforms if isinstance(t, (transforms.Resize, transforms.CenterCrop))]
+        self.pil_steps = transforms.Compose(steps) if steps else None
+
+    def pil(self, img: Image.Image) -> np.ndarray:
+        """``(H, W, 3)`` uint8 of one RGB patch after the PIL steps."""
+        return np.asarray(self.pil_steps(img) if self.pil_steps is not None else img, dtype=np.uint8)
+
+    def batch(self, patches: np.ndarray) -> Tensor:
+        """``(b, 3, H, W)`` float32 from ``(b, H, W, 3)`` uint8 patches (:meth:`pil` outputs)."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).to(torch.float32).div(255)
+        mean = torch.as_tensor(self.spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.as_tensor(self.spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def host_batch_transform(transform: object) -> HostBatchTransform | None:
+    """The :class:`HostBatchTransform` of a :func:`build_transform` transform, else None (an
+    ad-hoc transform is applied per patch as it is)."""
+    if not isinstance(getattr(transform, "spec", None), TransformSpec) or getattr(transform, "size", None) is None:
+        return None
+    return HostBatchTransform(transform)
