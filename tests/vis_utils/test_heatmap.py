@@ -230,3 +230,20 @@ def test_colour_layer_blends_to_render_on_canvas(alpha):
     with pytest.raises(ValueError, match="blur"):
         colour_layer((w, h), scores, coords, patch_size=(37, 29), threshold=0.2,
                      style=HeatmapStyle(blur=True), tissue=None)
+
+
+def test_render_heatmap_takes_a_canvas_already_read(small):
+    """A caller that read the level already (the picture writers share one read) gets the same
+    pixels; a canvas of the wrong size is refused."""
+    slide, contours = small
+    scores, coords = _patches(1300, 1100, 128, 64, seed=5)
+    kw = dict(patch_size_level0=(128, 128), vis_level=0, contours=contours, style=HeatmapStyle(alpha=0.4),
+              convert_to_percentiles=True)
+    w, h = slide.level_dimensions[0]
+    canvas = read_canvas(slide, vis_level=0, top_left=(0, 0), region_size=(w, h))
+    before = canvas.copy()
+    np.testing.assert_array_equal(render_heatmap(slide, scores, coords, canvas=canvas, **kw),
+                                  render_heatmap(slide, scores, coords, **kw))
+    np.testing.assert_array_equal(canvas, before)                  # not modified
+    with pytest.raises(ValueError, match="is not the"):
+        render_heatmap(slide, scores, coords, canvas=canvas[:-1], **kw)
