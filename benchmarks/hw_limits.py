@@ -1,4 +1,5 @@
-"""The hardware limit beside a measured encoder rate (imported by the benchmarks in this folder).
+"""The hardware limits beside measured rates (imported by the benchmarks in this folder): an
+encoder's GFLOP/s vs the CPU's peak, and pixel stages vs measured memory, JPEG and disk ceilings.
 
 The CPU's theoretical peak is ``cores x clock x FLOPs/cycle/core`` with the FLOPs/cycle of the
 vector unit that precision runs on (the assumption is printed with every figure):
