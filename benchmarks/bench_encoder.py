@@ -49,7 +49,12 @@ def main() -> None:
     ap.add_argument("--weights", default=str(Path(__file__).resolve().parents[2] / "shared/clam_reference/checkpoints/resnet50_trunc_seed0.safetensors"))
     args = ap.parse_args()
     import torch
+    from hw_limits import gflop_per_patch, limit_line, load_line
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from models.encoders.nets import ResNet50Trunc
 
+    torch.set_num_threads(args.threads)   # the peak and the GEMM ceiling for the children's threads
+    gflop = gflop_per_patch(ResNet50Trunc().eval(), 224)
     weights = args.weights if Path(args.weights).is_file() else "-"
     with tempfile.TemporaryDirectory() as tmp:
         feats = {}
@@ -63,9 +68,11 @@ def main() -> None:
                 feats[(mode, bs)] = torch.load(out)
                 print(f"  allocator {mode:7s} batch {bs:3d}: {r['patches_per_s']:6.1f} patches/s  "
                       f"(user {r['user_s']:.1f} s, sys {r['sys_s']:.1f} s, {r['minor_faults']:,} minor faults)")
+                print(f"    {limit_line(r['patches_per_s'], gflop, 'fp32')}")
         ref = feats[("default", 64)]
         worst = max(float((f - ref).abs().max()) for f in feats.values())
         print(f"max abs feature difference across the four runs: {worst}")
+        print(f"{gflop:.2f} GFLOP per patch (torch.utils.flop_counter); {load_line()}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 TOOL = REPO.parent / "shared" / "tools" / "make_large_slide.py"
+SLIDE_QUALITY = 80   # JPEG quality of the slide's tiles (the tool's default; YCbCr 4:2:0)
 SHIM = '''"""Stand-in for imagecodecs (benchmark only): OpenCV JPEG, tifffile's Python codecs."""
 import importlib.util, os
 _spec = importlib.util.find_spec("tifffile")
@@ -87,7 +88,7 @@ def make_slide(workdir: Path, width: int, height: int) -> Path:
     t = time.perf_counter()
     part = out.with_name(out.name + ".part.tiff")
     subprocess.run([sys.executable, str(TOOL), "--width", str(width), "--height", str(height),
-                    "-o", str(part)], check=True, env=env, stdout=subprocess.DEVNULL)
+                    "--quality", str(SLIDE_QUALITY), "-o", str(part)], check=True, env=env, stdout=subprocess.DEVNULL)
     part.replace(out)
     print(f"slide: {out} written in {time.perf_counter() - t:.1f} s "
           f"({out.stat().st_size / 2**20:.0f} MiB)")
@@ -138,9 +139,14 @@ def render(slide_path: Path, workdir: Path, background: str) -> dict:
     with tifffile.TiffFile(out) as tf:
         counts = tf.pages[0].databytecounts
         empty, tiles = sum(1 for c in counts if c == 0), len(counts)
+        tile_side, tile_px = tf.pages[0].tilewidth, tf.pages[0].tilewidth * tf.pages[0].tilelength
+        encoded_px = sum(sum(1 for c in pg.databytecounts if c) * pg.tilewidth * pg.tilelength for pg in tf.pages)
+    with tifffile.TiffFile(slide_path) as tf:
+        slide_tile_side = tf.pages[0].tilewidth
     osr = openslide.OpenSlide(str(out))
     result = {
-        "empty_tiles": empty, "tiles": tiles,
+        "empty_tiles": empty, "tiles": tiles, "tile_side": tile_side, "slide_tile_side": slide_tile_side,
+        "level0_coloured_px": (tiles - empty) * tile_px, "encoded_px": encoded_px, "out_bytes": out.stat().st_size,
         "render_seconds": round(seconds, 1), "peak_rss_mib": round(child.ru_maxrss / 1024),
         "cpu_seconds": round(child.ru_utime + child.ru_stime, 1),
         "patches": n, "out_mib": round(out.stat().st_size / 2**20),
@@ -150,6 +156,29 @@ def render(slide_path: Path, workdir: Path, background: str) -> dict:
     }
     osr.close()
     return result
+
+
+def limit_lines(res: dict, workdir: Path) -> list[str]:
+    """The command's decode, encode and write rates (averaged over its wall time; the stages overlap
+    in threads, so each is a lower bound on that stage's own rate) vs ceilings measured now."""
+    import inspect
+
+    from hw_limits import disk_write_mbs, jpeg_mpxs, rate_line, usable_cores
+    from vis_utils.tiled import render_heatmap_tiff
+
+    s, cores = res["render_seconds"], usable_cores()
+    q_out = inspect.signature(render_heatmap_tiff).parameters["quality"].default
+    dec = jpeg_mpxs("decode", threads=cores, size=res["slide_tile_side"], quality=SLIDE_QUALITY, subsampling="420")
+    enc = jpeg_mpxs("encode", threads=cores, size=res["tile_side"], quality=q_out, subsampling="444")
+    return [
+        rate_line("slide decoded", res["level0_coloured_px"] / s / 1e6, "Mpx/s", dec, f"measured {cores}-thread JPEG decode",
+                  f"at least the px under the coloured level-0 tiles; cv2.imdecode of the slide's {res['slide_tile_side']}-px "
+                  f"q{SLIDE_QUALITY} 4:2:0 tiles"),
+        rate_line("tiles encoded", res["encoded_px"] / s / 1e6, "Mpx/s", enc, f"measured {cores}-thread JPEG encode",
+                  f"the non-empty tiles of every level; cv2.imencode of the heatmap's {res['tile_side']}-px q{q_out} 4:4:4 tiles"),
+        rate_line("TIFF written", res["out_bytes"] / s / 1e6, "MB/s", disk_write_mbs(workdir), "measured disk write",
+                  "256 MiB + fsync in the work directory"),
+    ]
 
 
 def main() -> None:
@@ -187,6 +216,8 @@ def main() -> None:
               f"TIFF {res['out_mib']} MiB, {len(res['levels'])} levels {res['levels'][:3]}..., "
               f"mpp {res['mpp']}, {res['cpus']} CPUs, load average before {load_before[0]:.1f}, "
               f"after (1/5/15 min) {load}")
+        for line in limit_lines(res, a.workdir):
+            print("  " + line)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hw_limits import ram_line
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
@@ -46,6 +48,39 @@ else:
 s = run_config(cfg, progress=False, device="cpu")
 print(json.dumps({{"processed": len(s.processed), "failed": len(s.failed), "encoded": s.n_encoded}}))
 """
+
+# A lower bound on a run's peak: CHILD's config, then only what every run holds at once - Python
+# with heatmaps imported, the tuned allocator, the MIL model and the encoder with its weights - and
+# one encoder batch of the size the run uses (batch_size cut to max_memory_gb) encoded.
+FLOOR = CHILD[:CHILD.index("s = run_config")] + r"""
+import resource
+import numpy as np
+from heatmaps.context import RunContext
+from models import tune_cpu_allocator
+from models.checkpoints import load_mil_checkpoint
+from models.encode import encode_image_patches
+tune_cpu_allocator()
+m = cfg.model_arguments
+model = load_mil_checkpoint(m.ckpt_path, model_type=m.model_type, n_classes=m.n_classes, model_size=m.model_size,
+                            drop_out=m.drop_out, embed_dim=m.embed_dim, device="cpu", model_kwargs=m.model_kwargs())
+ctx = RunContext(cfg, model, {{}})
+bs, p = ctx.encoder_batch_size(), cfg.patching_arguments.patch_size
+encode_image_patches(ctx.encoder(), np.full((p, bs * p, 3), 200, np.uint8), np.stack([np.arange(bs) * p, np.zeros(bs, int)], 1),
+                     patch_size=p, batch_size=bs, precision=ctx.precision, channels_last=ctx.channels_last)
+print(json.dumps({{"batch": bs, "precision": ctx.precision, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def floor(kind: str, batch: int, mem: float) -> dict:
+    """``{"batch", "precision", "peak_mib"}`` of :data:`FLOOR` in a fresh process (MiB: its own
+    ``ru_maxrss``, so the children's running maximum of :func:`run` is not touched)."""
+    code = FLOOR.format(repo=str(REPO), tests=str(REPO / "tests" / "heatmaps"), shared=str(SHARED))
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([sys.executable, "-c", code, kind, tmp, str(batch), str(mem)],
+                              capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run(kind: str, batch: int, mem: float) -> tuple[float, float, dict]:
@@ -81,6 +116,10 @@ def main() -> None:
     ref = f"; CLAM {clam:.0f} MiB on the same config at batch 64" if kind == "reference" else ""
     print(f"{cases[0]}: peak RSS {mib:.0f} MiB (max_memory_gb {args.max_memory_gb}){ref}; {s:.1f} s; "
           f"{info['processed']} processed, {info['failed']} failed, {info['encoded']} patches encoded")
+    low = floor(kind, int(batch), args.max_memory_gb)
+    print(f"  {ram_line(mib)}; lower bound {low['peak_mib']:.0f} MiB, the peak is {mib / low['peak_mib']:.2f}x it "
+          f"(a fresh process: heatmaps imported, the allocator tuned, the MIL model and the encoder loaded, one "
+          f"encoder batch of {low['batch']} patches encoded in {low['precision']})")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vis_utils.heatmap import HeatmapStyle, read_canvas, render_heatmap, render_on_canvas  # noqa: E402
+from hw_limits import jpeg_mpxs, memcopy_gbs, rate_line, usable_cores  # noqa: E402
+from vis_utils.heatmap import READ_THREADS, HeatmapStyle, read_canvas, render_heatmap, render_on_canvas  # noqa: E402
 from vis_utils.percentiles import rank_percentiles  # noqa: E402
 from vis_utils.raster import tissue_mask  # noqa: E402
 from wsi_core import open_slide  # noqa: E402
@@ -121,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t_ours:7.3f} s ({t_loop / t_ours:6.1f}x) | ours total {t_total:6.3f} s "
                   f"(loop + read {t_loop + t_read:6.3f} s: {(t_loop + t_read) / t_total:5.1f}x) | "
                   f"pixel-identical: {same}")
+            mpx, cores = size[0] * size[1] / 1e6, usable_cores()
+            print("  " + rate_line("ours raster", mpx / t_ours, "Mpx/s", memcopy_gbs() * 1e3 / 3, "measured memory copy",
+                                   "3 B/px: the RGB canvas read and written once; np.copyto of 256 MiB, best of 1 and "
+                                   f"{cores} threads"))
+            print("  " + rate_line("read canvas", mpx / t_read, "Mpx/s", jpeg_mpxs("decode", threads=cores),
+                                   f"measured {cores}-thread JPEG decode",
+                                   f"cv2.imdecode of 1024-px q80 4:2:0 tiles; the slide is JPEG 2000, so only an "
+                                   f"indication; read in {READ_THREADS} threads"))
     return 0 if ok else 1
 
 
