@@ -133,11 +133,11 @@ def tile_latencies(port: int, width: int, height: int, n: int) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", port)
     out = {}
     for name, url in (("slide", "/tiles/tiff/slide/{}/{}_{}.jpeg"), ("heatmap TIFF", "/tiles/tiff/heatmap/{}/{}_{}.jpeg"),
-                      ("on the fly (1M patches)", "/tiles/scores/heatmap/{}/{}_{}.png")):
+                      ("on the fly (1M patches)", "/tiles/scores/heatmap/{}/{}_{}.jpeg")):     # what the page asks
         _get(conn, url.format(*picks[0]))                       # warm-up: first plan / first decoder
         ts = [_get(conn, url.format(*p))[0] * 1000 for p in picks[1:]]
         out[name] = {"n": len(ts), "p50_ms": _p(ts, 50), "p95_ms": _p(ts, 95), "max_ms": max(ts)}
-    ts = [_get(conn, "/tiles/scores/heatmap/{}/{}_{}.png?cmap=coolwarm".format(*p))[0] * 1000 for p in overview]
+    ts = [_get(conn, "/tiles/scores/heatmap/{}/{}_{}.jpeg?cmap=coolwarm".format(*p))[0] * 1000 for p in overview]
     out[f"on the fly, overview (levels {overview[0][0]}-{overview[-1][0]}, coarse first)"] = {"n": len(ts), "p50_ms": _p(ts, 50), "p95_ms": _p(ts, 95),
                                                              "max_ms": max(ts)}
     conn.close()

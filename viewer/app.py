@@ -6,7 +6,7 @@ Routes (``<eid>`` is an entry id of the :class:`~viewer.registry.Registry`, neve
 ``GET /``                                 the page (``static/index.html``)
 ``GET /api/slides``                       the entries: id, slide, heatmap kind, size, mpp, label/predictions
 ``GET /dzi/<eid>/<layer>.dzi``            Deep Zoom descriptor; ``layer`` = ``slide`` | ``heatmap``
-``GET /tiles/<eid>/<layer>/<L>/<c>_<r>.<fmt>``  a tile (slide / TIFF: jpeg; score file: png, style query)
+``GET /tiles/<eid>/<layer>/<L>/<c>_<r>.<fmt>``  a tile (slide / TIFF: jpeg; score file: png, or jpeg q90; style query)
 ``GET /api/value/<eid>?x=&y=``            patches covering level-0 ``(x, y)``: raw attention, percentile, class scores
 ``GET /api/extremes/<eid>?k=``            top-k and bottom-k patches (by percentile)
 ``GET /api/colorbar/<eid>?<style>``       the colour map (256 RGB), scale ``lo``/``hi`` and units
@@ -148,8 +148,9 @@ def create_app(registry: Registry, *, cache_bytes: int = 32 << 20) -> Flask:
         src = _layer(eid, layer)
         if isinstance(src, ScoreSource):
             style = parse_style(request.args, src)
-            key = (eid, layer, style, level, col, row)
-            make, mime = (lambda: src.tile(level, col, row, style)), "image/png"
+            kind = "jpeg" if fmt in ("jpeg", "jpg") else "png"
+            key = (eid, layer, style, level, col, row, kind)
+            make, mime = (lambda: src.tile(level, col, row, style, kind)), f"image/{kind}"
         else:
             key = (eid, layer, level, col, row)
             make, mime = (lambda: src.tile(level, col, row)), "image/jpeg"

@@ -74,6 +74,16 @@ def test_on_the_fly_tiles_equal_the_renderer(cmu_slide, our_scores, query, style
         assert (masked > 0) == style.segment
 
 
+def test_jpeg_tiles_are_the_png_tiles_compressed(client):
+    """The page asks for .jpeg (q90): the same picture as the exact .png, within JPEG loss."""
+    r = client.get(f"/tiles/{SID}/heatmap/12/4_4.jpeg?alpha=0.6")
+    assert r.status_code == 200 and r.mimetype == "image/jpeg"
+    jpg = cv2.imdecode(np.frombuffer(r.data, np.uint8), cv2.IMREAD_COLOR).astype(int)
+    png = cv2.imdecode(np.frombuffer(client.get(f"/tiles/{SID}/heatmap/12/4_4.png?alpha=0.6").data, np.uint8),
+                       cv2.IMREAD_COLOR).astype(int)
+    assert jpg.shape == png.shape and np.abs(jpg - png).mean() < 3
+
+
 def test_style_changes_tiles(client):
     a = _png(client.get(f"/tiles/{SID}/heatmap/12/4_4.png"))
     b = _png(client.get(f"/tiles/{SID}/heatmap/12/4_4.png?scale=raw&lower=0.1&upper=0.9"))

@@ -32,7 +32,7 @@
   }
 
   function tileSource(layer) {
-    const fmt = layer === "heatmap" && info.kind === "scores" ? "png" : "jpeg";
+    const fmt = "jpeg";                                 // live heatmap tiles too: q90, as the heatmap TIFFs store them
     const q = layer === "heatmap" ? styleQuery() : "";
     const maxLevel = Math.ceil(Math.log2(Math.max(info.width, info.height)));
     return { width: info.width, height: info.height, tileSize: 254, tileOverlap: 1, minLevel: info.min_level, maxLevel,
