@@ -9,7 +9,9 @@ Steps (``--workdir`` keeps the files for the next run):
 1. ``prepare``: the slide (``../shared/tools/make_large_slide.py``, through
    ``bench_level0_tiff.make_slide``); a score file of 1000 x 1000 = 1,000,000 patches of 256 px at
    steps (W / 1000, H / 1000) with smooth pseudo-random scores (``write_coords_h5``: patch size in
-   its attributes); a level-0 heatmap TIFF (``render_heatmap_tiff``, vis_level 0, JPEG) drawn from a
+   its attributes; the server finds the slide's ``{slide_id}_tissue.geojson`` beside it when
+   ``bench_level0_tiff.py`` ran in the same work directory, else it segments the slide at start);
+   a level-0 heatmap TIFF (``render_heatmap_tiff``, vis_level 0, JPEG) drawn from a
    coarser score file (patches 256 px at step 256) - the TIFF's tile latency does not depend on how
    many patches drew it.
 2. ``serve``: the viewer in its own process (``viewer.cli.serve``) with two entries: slide + TIFF,
@@ -22,7 +24,7 @@ Steps (``--workdir`` keeps the files for the next run):
 4. First paint: headless Chromium (Debian's, via playwright) opens the page; time from navigation
    to both viewers drawn (``wsiViewer.fullyLoaded()``), for each entry, server warm but tiles cold.
    A screenshot of the zoomed-in view goes to ``WORKDIR/viewer_screenshot.png``.
-5. Server memory: VmRSS and VmHWM of the server process at the end.
+5. Server memory: VmRSS and VmHWM of the server process after start, after the tiles and at the end.
 
 Run from the repository root: ``python benchmarks/bench_viewer.py [--width 100000 --height 80000]
 [--workdir DIR] [--tiles 200]``.
@@ -196,6 +198,7 @@ def main() -> None:
         res = {"slide": f"{a.width} x {a.height} ({slide.name})",  "server_start_s": round(start, 2),
                "rss_after_start": rss(proc.pid)}
         res["tiles"] = tile_latencies(port, a.width, a.height, a.tiles)
+        res["rss_after_tiles"] = rss(proc.pid)
         res["first_paint_s"] = first_paint(port, a.workdir / "viewer_screenshot.png")
         res["server_memory"] = rss(proc.pid)
     finally:

@@ -61,7 +61,7 @@ TRIM_AFTER_PATCHES = 50_000   # tiles drawn from more patches give their heap ba
 LAYER_MAX_PX = 1 << 22        # Deep Zoom levels up to 4 Mpx are coloured whole, once per style
 LAYER_CACHE_BYTES = 96 << 20  # colour layers kept (LRU)
 REGION_CACHE_BYTES = 16 << 20  # decoded slide tiles kept (LRU): ~80 tiles, two screens
-LAYER_BAND_PX = 1 << 20       # a layer is coloured in bands of 1 Mpx (bounds its temporaries)
+LAYER_BAND_PX = 1 << 18       # a layer is coloured in bands of 256 Kpx (bounds its temporaries)
 _ONE_LAYER_AT_A_TIME = threading.Lock()
 
 

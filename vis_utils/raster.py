@@ -176,18 +176,18 @@ def build_cells(
     pw, ph = (int(v) for v in patch_size)
     x0 = np.asarray(x0, dtype=np.int64)
     y0 = np.asarray(y0, dtype=np.int64)
-    x1, y1 = np.clip(x0 + pw, 0, w), np.clip(y0 + ph, 0, h)
-    x0, y0 = np.clip(x0, 0, w), np.clip(y0, 0, h)
-    keep = (x1 > x0) & (y1 > y0)
+    keep = (x0 + pw > 0) & (x0 < w) & (y0 + ph > 0) & (y0 < h)      # a non-empty box after clipping
     values, above = np.asarray(values, dtype=np.float64), np.asarray(above, dtype=bool)
     if not keep.all():
-        x0, x1, y0, y1, values, above = x0[keep], x1[keep], y0[keep], y1[keep], values[keep], above[keep]
+        x0, y0, values, above = x0[keep], y0[keep], values[keep], above[keep]
     bits = _fixed_bits(values)
-    xs, kx0, kx1 = _edges(w, x0, x1)
-    ys, ky0, ky1 = _edges(h, y0, y1)
+    xs, kx0, kx1 = _edges(w, np.clip(x0, 0, w), np.clip(x0 + pw, 0, w))     # one axis at a time: fewer
+    ys, ky0, ky1 = _edges(h, np.clip(y0, 0, h), np.clip(y0 + ph, 0, h))     # temporaries for a million patches
+    fixed = values * 2.0**bits
+    np.rint(fixed, out=fixed)
     return PatchCells(
         xs=xs, ys=ys, kx0=kx0, kx1=kx1, ky0=ky0, ky1=ky1,
-        fixed=np.rint(values * 2.0**bits).astype(np.int64),
+        fixed=fixed.astype(np.int64),
         above=above,
         bits=bits,
     )
