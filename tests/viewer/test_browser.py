@@ -175,3 +175,19 @@ def test_topk_click_centres_both_and_deep_link_reopens(page, server, our_scores)
     png = page2.evaluate("window.wsiViewer.exportPng()")
     assert png.startswith("data:image/png;base64,") and len(png) > 10_000
     page2.close()
+
+
+def test_tissue_only_toggle_redraws_the_heatmap(page, server):
+    """Unticking 'tissue only' asks for tiles without the tissue mask: colour appears on the
+    background the patches cover past the tissue edge (the left viewer, the slide, stays)."""
+    _open(page, server + "/")
+    assert page.is_checked("#segment") and not page.is_disabled("#segment")
+    masked, slide = _canvas_pixels(page, "#right"), _canvas_pixels(page, "#left")
+    page.uncheck("#segment")
+    page.wait_for_timeout(300)
+    _settle(page)
+    bare = _canvas_pixels(page, "#right")
+    changed = (np.abs(masked.astype(int) - bare.astype(int)).sum(axis=2) > 30).mean()
+    assert changed > 0.005, changed
+    assert np.abs(slide.astype(int) - _canvas_pixels(page, "#left").astype(int)).mean() < 1
+    page.screenshot(path=str(ARTIFACTS / "tissue_only_off.png"))
