@@ -26,6 +26,7 @@ Every source speaks Deep Zoom in the **slide's** geometry (OpenSlide's ``DeepZoo
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -43,7 +44,7 @@ from vis_utils.normalize import ScoreScale, fit_scale
 from vis_utils.percentiles import rank_percentiles
 from vis_utils.raster import tissue_mask
 from vis_utils.tiled import TissueWindows
-from wsi_core.errors import ConfigError, FeatureFileError
+from wsi_core.errors import ConfigError, FeatureFileError, NoTissueError
 from wsi_core.formats import has_raw_scores, read_raw_scores, read_scores, score_file_kind, scores_are_percentiles
 from wsi_core.levels import patch_footprint_level0, to_level_px
 from wsi_core.slide import Slide, open_slide
@@ -63,6 +64,7 @@ LAYER_CACHE_BYTES = 96 << 20  # colour layers kept (LRU)
 REGION_CACHE_BYTES = 16 << 20  # decoded slide tiles kept (LRU): ~80 tiles, two screens
 LAYER_BAND_PX = 1 << 18       # a layer is coloured in bands of 256 Kpx (bounds its temporaries)
 _ONE_LAYER_AT_A_TIME = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def dz_tile_box(dz: DeepZoomGenerator, level: int, col: int, row: int) -> tuple[int, int, int, int]:
@@ -352,7 +354,10 @@ class ScoreSource:
         self.contours: TissueContours | None = None
         self.tissue_source: str | None = None
         if self.segment:
-            self.contours, self.tissue_source = contours_for_scores(self.slide.slide, self.path)
+            try:
+                self.contours, self.tissue_source = contours_for_scores(self.slide.slide, self.path)
+            except (NoTissueError, FeatureFileError) as exc:      # drawn without a mask, and the page says so
+                log.warning("%s: no tissue mask (%s); every pixel a patch covers is coloured", self.path.name, exc)
         self._layers = TileCache(LAYER_CACHE_BYTES, sizeof=lambda layer: layer.nbytes)
         self._windows: dict[int, TissueWindows] = {}
         if "step_size" in self.attrs and self.patch[0]:
@@ -452,7 +457,7 @@ class ScoreSource:
 
     def _colour_layer(self, level: int, style: TileStyle, plan: HeatmapPlan) -> ColourLayer:
         """The whole DZ ``level`` coloured (``render_heatmap``'s colours and mask at that scale);
-        one layer at a time per process (a million patches take ~250 MiB of temporaries)."""
+        one layer at a time per process (a million patches take ~170 MiB of temporaries)."""
         with _ONE_LAYER_AT_A_TIME:
             return self._render_layer(level, style, plan)
 

@@ -110,3 +110,12 @@ def test_smallest_k_is_the_stable_argsort():
     for v in (rng.integers(0, 5, 1000).astype(float), rng.random(1000), np.zeros(10)):
         for k in (0, 1, 8, 999, 1000, 2000):
             np.testing.assert_array_equal(smallest_k(v, k), np.argsort(v, kind="stable")[:k])
+
+
+def test_an_unreadable_contour_file_leaves_the_map_unmasked_with_a_warning(cmu_slide, our_scores, tmp_path, caplog):
+    scores = tmp_path / our_scores.name
+    scores.write_bytes(our_scores.read_bytes())
+    (tmp_path / f"{SID}_tissue.geojson").write_text("not json")
+    src = Registry.single(cmu_slide, scores).heatmap(SID)
+    assert src.contours is None and src.tissue_source is None
+    assert "no tissue mask" in caplog.text and f"{SID}_tissue.geojson" in caplog.text
