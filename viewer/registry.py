@@ -168,7 +168,11 @@ class Registry:
                 raise ConfigError(f"{run}: no config.yaml naming data_arguments.data_dir; pass --slide-dir DIR")
             slide_dir = Path(data_dir)
         ref = (cfg.get("heatmap_arguments") or {}).get("use_ref_scores")
-        fine_kind = score_kind or (None if ref is None else ("percentile" if ref else "raw"))
+        ref_kind = None if ref is None else ("percentile" if ref else "raw")     # what the run's fine passes hold
+
+        def kind_of(h5: Path) -> str | None:       # --score-kind first; a blockmap is raw whatever it says
+            kind = score_file_kind(h5)
+            return None if kind == "blockmap" else score_kind or (ref_kind if kind == "fine_pass" else None)
         slide_dir = Path(slide_dir)
         rows = {}
         if results_csv is not None:
@@ -198,7 +202,7 @@ class Registry:
                     entries.append(Entry(f"{slide_id}~{len([e for e in entries if e.slide_id == slide_id])}",
                                          slide_id, sorted(slides)[0], h5, "scores",
                                          group=h5.name[len(slide_id):], info=info,
-                                         score_kind=fine_kind if score_file_kind(h5) == "fine_pass" else None))
+                                         score_kind=kind_of(h5)))
         if not entries:
             raise ConfigError(f"{run}: no {{label}}/{{slide_id}}/ folder with a score H5 and a slide in {slide_dir}")
         return cls(entries, patch_size=patch_size, segment=segment)
