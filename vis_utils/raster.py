@@ -246,7 +246,10 @@ class _Boxes:
 def cell_stats(cells: PatchCells, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-cell ``(sums int64 fixed point, counts int32, coloured-patch counts int32)`` for cell
     rows ``[c0, c1)``, each ``(c1 - c0, nx)``: box sums on a difference array (exact integers),
-    one ``bincount`` per sign instead of a scatter-add per corner."""
+    one ``bincount`` per corner (:class:`_Boxes`) instead of a scatter-add (``np.add.at``).
+
+    Raises:
+        ValueError: 2**30 patches or more (beyond what the float64 bincounts sum exactly)."""
     sel = (cells.ky0 < c1) & (cells.ky1 > c0)
     if len(cells.fixed) >= 1 << (52 - SPLIT_BITS - 2):
         raise ValueError(f"{len(cells.fixed)} patches in one band: more than the exact fixed-point sum allows")
