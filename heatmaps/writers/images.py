@@ -109,7 +109,8 @@ def _heatmap(a: SlideArtifacts) -> list[Path]:
     raw = scores_tiff_path(path) if h.raw_scores and h.save_ext in TIFF_EXTS else None
     st = style(a.cfg, final=True)
     roi = a.task.roi if h.use_roi else None
-    whole = roi is None and path.suffix.lower().lstrip(".") not in TIFF_EXTS and h.custom_downsample == 1
+    whole = (roi is None and path.suffix.lower().lstrip(".") not in TIFF_EXTS and h.custom_downsample == 1
+             and not st.blank_canvas)         # a blank canvas reads no slide: do not read the level for it
     write_heatmap(a.slide, a.fine_scores, a.fine_coords, path, patch_size_level0=a.patch_size_level0,
                   vis_level=h.vis_level, contours=a.contours, style=st,
                   convert_to_percentiles=not h.use_ref_scores, roi=roi,
