@@ -51,6 +51,8 @@ import sys, threading
 from pathlib import Path
 from viewer.cli import serve
 from viewer.registry import Entry, Registry
+from viewer.sources import limit_arenas
+limit_arenas()                       # as view-heatmaps does, before the sources are read
 slide, tiff, scores = (Path(p) for p in sys.argv[1:4])
 reg = Registry([Entry("tiff", slide.stem, slide, tiff, "tiff"), Entry("scores", slide.stem, slide, scores, "scores")])
 reg.heatmap("tiff"); reg.heatmap("scores")

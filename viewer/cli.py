@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: anyone who can reach this address can view these slides; "
                     "prefer the default 127.0.0.1 with an SSH tunnel", args.host)
+    limit_arenas()          # before the registry's reads start any thread
     try:
         registry = build_registry(args)
         server = serve(registry, args.host, args.port)

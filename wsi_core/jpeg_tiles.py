@@ -28,13 +28,15 @@ decoded and pasted at whole-pixel offsets - without OpenSlide:
   OpenCV cannot decode (corrupt data) sends the read to OpenSlide, which reports the error as it
   always did.
 
-Decoded tiles are kept in an LRU cache of ``TILE_CACHE_BYTES`` (OpenSlide's own default is 32 MiB)
-so that patch-by-patch reads decode each tile about once. Reads of many tiles decode them in
+Decoded tiles are kept in one LRU cache for the whole process, ``TILE_CACHE_BYTES`` over every
+open slide (OpenSlide's own default is 32 MiB per handle), so that patch-by-patch reads decode each
+tile about once and a viewer or a cohort with many slides open holds no more. Reads of many tiles decode them in
 ``DECODE_THREADS`` threads (``cv2.imdecode`` releases the GIL). The file is read with ``os.pread``
 on one descriptor, which is safe across threads and forked workers.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 
 #: OpenSlide vendors whose levels are single tiled TIFF pages, tile for tile.
 DIRECT_VENDORS = frozenset({"aperio", "generic-tiff"})
-TILE_CACHE_BYTES = 32 << 20           # decoded tiles kept per slide (OpenSlide's default cache)
+TILE_CACHE_BYTES = 32 << 20           # decoded tiles kept, all slides of the process together
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 PARALLEL_MIN_TILES = 8                # reads of fewer tiles are decoded in the calling thread
 _JPEG = 7
@@ -62,6 +64,46 @@ _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 
 #: libjpeg writes RGB itself (OpenCV >= 4.10); older OpenCV: BGR, converted per tile
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
+
+class _TileCache:
+    """Decoded tiles of every open reader: an LRU bounded by ``TILE_CACHE_BYTES`` (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._tiles: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self.nbytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int, int]) -> np.ndarray | None:
+        with self._lock:
+            tile = self._tiles.get(key)
+            if tile is not None:
+                self._tiles.move_to_end(key)
+            return tile
+
+    def put(self, key: tuple[int, int, int], tile: np.ndarray) -> None:
+        with self._lock:
+            if key in self._tiles:
+                return
+            self._tiles[key] = tile
+            self.nbytes += tile.nbytes
+            while self.nbytes > TILE_CACHE_BYTES and len(self._tiles) > 1:
+                _, old = self._tiles.popitem(last=False)
+                self.nbytes -= old.nbytes
+
+    def drop(self, owner: int) -> None:
+        """Forget the tiles of one reader (key ``(owner, level, index)``)."""
+        with self._lock:
+            for key in [k for k in self._tiles if k[0] == owner]:
+                self.nbytes -= self._tiles.pop(key).nbytes
+
+    def __len__(self) -> int:
+        return len(self._tiles)
+
+
+_cache = _TileCache()
+_owners = itertools.count()
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -146,9 +188,7 @@ class JpegTileReader:
         self._levels = levels
         self._reference = reference           # OpenSlide's read: (loc, level, size) -> (h, w, 3)
         self._downsamples = [float(d) for d in downsamples]
-        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._cache_bytes = 0
-        self._lock = threading.Lock()          # the cache
+        self._owner = next(_owners)            # this reader's part of the tile cache
         self._check_lock = threading.Lock()    # one level check at a time
 
     @classmethod
@@ -181,13 +221,11 @@ class JpegTileReader:
         return sorted(k for k, lv in self._levels.items() if lv.state == "direct")
 
     def close(self) -> None:
-        """Release the file descriptor and the cache (idempotent)."""
+        """Release the file descriptor and this reader's cached tiles (idempotent)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        with self._lock:
-            self._cache.clear()
-            self._cache_bytes = 0
+        _cache.drop(self._owner)
 
     # ----------------------------------------------------------------------------- tiles
     def _decode(self, lv: _Level, index: int) -> np.ndarray | None:
@@ -212,22 +250,12 @@ class JpegTileReader:
         return tile
 
     def _tile(self, level: int, lv: _Level, index: int) -> np.ndarray | None:
-        key = (level, index)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
-        tile = self._decode(lv, index)
+        key = (self._owner, level, index)
+        tile = _cache.get(key)
         if tile is None:
-            return None
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = tile
-                self._cache_bytes += tile.nbytes
-                while self._cache_bytes > TILE_CACHE_BYTES and len(self._cache) > 1:
-                    _, old = self._cache.popitem(last=False)
-                    self._cache_bytes -= old.nbytes
+            tile = self._decode(lv, index)
+            if tile is not None:
+                _cache.put(key, tile)
         return tile
 
     def _check(self, level: int, lv: _Level) -> bool:

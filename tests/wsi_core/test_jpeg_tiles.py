@@ -78,13 +78,19 @@ def test_reads_of_many_tiles_in_threads_and_in_one(pyramid: Path, monkeypatch: p
             assert s.direct_levels == [0]
 
 
-def test_tile_cache_is_bounded(pyramid: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jpeg_tiles, "TILE_CACHE_BYTES", 3 * TILE * TILE * 3)
-    with open_slide(pyramid) as s:
-        s.read_region((0, 0), 0, (1536, 1024))
-        reader = s._tiles
-        assert reader is not None and len(reader._cache) == 3
-        assert reader._cache_bytes == 3 * TILE * TILE * 3
+def test_one_bounded_tile_cache_for_every_slide(pyramid: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = jpeg_tiles._cache
+    base = len(cache)
+    with open_slide(pyramid) as a, open_slide(pyramid) as b:
+        a.read_region((0, 0), 0, (512, 256))
+        b.read_region((0, 0), 0, (256, 256))
+        assert len(cache) == base + 3                    # tiles of both slides, kept apart
+        b.close()
+        assert len(cache) == base + 2                    # a closed slide's tiles are dropped
+        monkeypatch.setattr(jpeg_tiles, "TILE_CACHE_BYTES", cache.nbytes + TILE * TILE * 3)
+        a.read_region((0, 256), 0, (1536, 256))          # six more tiles: the oldest go
+        assert cache.nbytes <= jpeg_tiles.TILE_CACHE_BYTES
+    assert len(cache) <= base                             # and so are the last slide's
 
 
 def test_empty_tiles_read_as_openslide_reads_them(tmp_path: Path) -> None:
