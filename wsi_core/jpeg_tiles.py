@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 #: OpenSlide vendors whose levels are single tiled TIFF pages, tile for tile.
 DIRECT_VENDORS = frozenset({"aperio", "generic-tiff"})
 TILE_CACHE_BYTES = 32 << 20           # decoded tiles kept, all slides of the process together
-DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+DECODE_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                               else os.cpu_count() or 1))
 PARALLEL_MIN_TILES = 8                # reads of fewer tiles are decoded in the calling thread
 _JPEG = 7
 _PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR = 2, 6
@@ -64,7 +65,6 @@ _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 
 #: libjpeg writes RGB itself (OpenCV >= 4.10); older OpenCV: BGR, converted per tile
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
-
 
 
 class _TileCache:
@@ -117,13 +117,15 @@ def _decode_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def _reset_pool_after_fork() -> None:       # a forked worker must not use the parent's threads
-    global _pool
-    _pool = None
+def _reset_after_fork() -> None:
+    """A forked worker (a DataLoader worker) starts with its own threads, locks and cache: the
+    parent's threads do not exist in it, and a lock held at the fork would never be released."""
+    global _pool, _pool_lock, _cache
+    _pool, _pool_lock, _cache = None, threading.Lock(), _TileCache()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_pool_after_fork)
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @dataclass
@@ -137,7 +139,7 @@ class _Level:
     cols: int
     offsets: np.ndarray            # (rows * cols,) int64 file offsets, row-major
     counts: np.ndarray             # (rows * cols,) int64 byte counts (0 = empty tile)
-    prefix: bytes                  # JPEGTables without their EOI (+ Adobe marker), or b""
+    prefix: bytes                  # the page's JPEGTables without their EOI marker, or b""
     adobe_rgb: bool
     state: str = "unchecked"       # "unchecked" | "direct" | "openslide"
 

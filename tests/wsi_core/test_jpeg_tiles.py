@@ -26,9 +26,10 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def pyramid(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A generic tiled TIFF, JPEG YCbCr, 1536 x 1024 px, levels with downsample 1, 2, 4."""
+    """A generic tiled TIFF, JPEG YCbCr, 1500 x 1000 px, levels with downsample 1, 2, 4 (750 x 500,
+    375 x 250), partial tiles at the right and bottom edges of every level."""
     path = tmp_path_factory.mktemp("jt") / "pyramid.tiff"
-    write_pyramidal_tiff(path, _image(1024, 1536), size=(1536, 1024), mpp=(0.5, 0.5),
+    write_pyramidal_tiff(path, _image(1000, 1500), size=(1500, 1000), mpp=(0.5, 0.5),
                          tile_size=TILE, compression="jpeg", quality=80, min_size=400)
     return path
 
@@ -164,3 +165,24 @@ def test_other_real_formats_stay_with_openslide(slides_dir: Path, name: str) -> 
     with open_slide(slides_dir / name) as s:
         s.read_region((0, 0), 0, (300, 300))
         assert s.direct_levels == []
+
+
+def _read_in_child(path: str, queue) -> None:  # noqa: ANN001 - a multiprocessing.Queue
+    with open_slide(path) as s:
+        queue.put(s.read_region((100, 50), 0, (1400, 900)).sum())
+
+
+def test_a_forked_worker_reads_with_its_own_threads(pyramid: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DataLoader workers are forked: the parent's decode threads do not exist in the child."""
+    import multiprocessing
+
+    monkeypatch.setattr(jpeg_tiles, "DECODE_THREADS", 2)
+    with open_slide(pyramid) as s:
+        want = int(s.read_region((100, 50), 0, (1400, 900)).sum())   # the parent's pool is running
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_read_in_child, args=(str(pyramid), queue))
+        child.start()
+        got = int(queue.get(timeout=60))
+        child.join(timeout=60)
+    assert child.exitcode == 0 and got == want
