@@ -7,7 +7,7 @@ into :class:`~wsi_core.errors.SlideOpenError` with a message that says what to d
 
 On JPEG-tiled Aperio and generic TIFF slides, the reads OpenSlide would serve tile for tile (level
 0, and coarser levels on their own pixel grid) decode the tiles directly - OpenSlide's pixels,
-checked per level, about 6-8x faster (:mod:`wsi_core.jpeg_tiles`); every other read is OpenSlide's.
+checked per level, 7-10x faster (:mod:`wsi_core.jpeg_tiles`); every other read is OpenSlide's.
 """
 from __future__ import annotations
 
