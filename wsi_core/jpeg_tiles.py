@@ -22,8 +22,8 @@ decoded and pasted at whole-pixel offsets - without OpenSlide:
 * **Edges and missing tiles:** pixels beyond the level's size and tiles stored empty
   (``TileByteCounts`` 0) are ``(0, 0, 0)``, as OpenSlide's transparent pixels are once the alpha
   channel is dropped (:meth:`wsi_core.slide.Slide.read_region`).
-* **Checked, never assumed:** before a level is read this way, one of its tiles with data (the
-  one nearest the level's centre) is decoded both ways; if a single byte differs - another JPEG
+* **Checked, never assumed:** before a level is read this way, its largest tile (the most bytes,
+  the most detail) is decoded both ways; if a single byte differs - another JPEG
   colour convention, another upsampling - the level is read by OpenSlide from then on. A tile
   OpenCV cannot decode (corrupt data) sends the read to OpenSlide, which reports the error as it
   always did.
@@ -257,17 +257,16 @@ class JpegTileReader:
         if tile is None:
             tile = self._decode(lv, index)
             if tile is not None:
+                tile.flags.writeable = False          # shared by every read that hits it
                 _cache.put(key, tile)
         return tile
 
     def _check(self, level: int, lv: _Level) -> bool:
-        """Decode the tile with data nearest the level's centre both ways; True when identical."""
-        nz = np.flatnonzero(lv.counts > 0)
-        if not len(nz):
+        """Decode the level's largest tile both ways (the most bytes: the most detail, where a
+        difference in IDCT, upsampling or colour conversion shows); True when identical."""
+        if not (lv.counts > 0).any():
             return False
-        rows_, cols_ = np.divmod(nz, lv.cols)
-        cr, cc = lv.height / lv.tile_h / 2, lv.width / lv.tile_w / 2
-        index = int(nz[np.argmin((rows_ + 0.5 - cr) ** 2 + (cols_ + 0.5 - cc) ** 2)])
+        index = int(np.argmax(lv.counts))
         r, c = divmod(index, lv.cols)
         x, y = c * lv.tile_w, r * lv.tile_h
         w, h = min(lv.tile_w, lv.width - x), min(lv.tile_h, lv.height - y)
