@@ -3,7 +3,8 @@ against OpenSlide's own read, on the JPEG-tiled slides of ``../shared/slides`` (
 given with ``--slide``).
 
 For each slide and each way: Mpx/s of level-0 reads of 2048 x 2048 px regions at whole tile
-positions spread over the slide (each region read once, cold tile cache; median of the regions),
+positions spread over the slide (each region read once, with a fresh Slide and so a cold tile
+cache; the median of three such passes),
 in one thread and in one reading thread per core (each thread its own regions; ``Slide`` is
 shared, as in the TIFF writer and the viewer), the pixels checked identical, beside the measured
 ceiling: ``cv2.imdecode`` of a tissue-like 4:2:0 q80 JPEG in as many threads
